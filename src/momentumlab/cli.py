@@ -1,0 +1,133 @@
+"""The `momentumlab` command: run, reproduce, ls, show."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from momentumlab.config import ConfigError, load_run_config
+from momentumlab.store import RunStore, RunStoreError
+
+app = typer.Typer(
+    help="Reproduce and measure what momentum changes in what a network learns.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+StoreOption = Annotated[
+    Optional[Path], typer.Option("--store", help="Run store folder (default: $MOMENTUMLAB_STORE or ./runs).")
+]
+PER_NEURON = re.compile(r"_r\d+$")  # per-filter columns, left to `show`
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _format(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML or TOML run config.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="Dotted key=value overrides.")] = None,
+    store: StoreOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Rerun even if the run is complete.")] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Train one run (or return it from the store) and print its final measurements."""
+    try:
+        run_config = load_run_config(config, overrides or [])
+        stored = RunStore(store).run(run_config, force=force, progress=progress)
+    except ConfigError as error:
+        _fail(str(error), 2)
+    except RunStoreError as error:
+        _fail(str(error), 1)
+    typer.echo(f"run {stored.run_id}: {stored.status['status']} ({stored.folder})")
+    if stored.status.get("step") is not None:
+        typer.echo(f"  {stored.status['message']}")
+    for key, value in stored.final().items():
+        if not PER_NEURON.search(key):
+            typer.echo(f"  {key:28s} {_format(value)}")
+
+
+@app.command()
+def reproduce(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Reproductions to run (default: all CPU-sized).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for figures, claims and report.")] = Path("results"),
+    store: StoreOption = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2.")] = None,
+    overrides: Annotated[
+        Optional[list[str]], typer.Option("--set", help="key=value override for every run (repeatable).")
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any claim fails.")] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Run reproductions and write figures, claims.json and one report.md."""
+    from momentumlab.experiments import ReproductionOptions, reproduce as run_reproductions
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
+    except ValueError:
+        _fail(f"--seeds = {seeds!r}: expected comma-separated non-negative integers", 2)
+    if seed_list is not None and any(seed < 0 for seed in seed_list):
+        _fail(f"--seeds = {seeds!r}: seeds must be non-negative", 2)
+    options = ReproductionOptions(seeds=seed_list, overrides=tuple(overrides or ()), progress=progress)
+    try:
+        results = run_reproductions(names or [], RunStore(store), out, options)
+    except ConfigError as error:
+        _fail(str(error), 2)
+    failed = 0
+    for result in results:
+        typer.echo(f"{result.name}:")
+        for claim in result.claims:
+            mark = "PASS" if claim.passed else "FAIL"
+            typer.echo(f"  [{mark}] {claim.statement}: {claim.measured:.4g} ({claim.comparison} {claim.threshold:.4g})")
+            failed += not claim.passed
+    typer.echo(f"report: {out / 'report.md'}")
+    if strict and failed:
+        raise typer.Exit(1)
+
+
+@app.command("ls")
+def list_runs(store: StoreOption = None) -> None:
+    """List the runs in the store, newest first."""
+    rows = RunStore(store).list()
+    if not rows:
+        typer.echo("no runs")
+        return
+    typer.echo(f"{'run':16s}  {'status':9s}  {'optimizer':12s}  {'lr':>7s}  {'momentum':>8s}  {'seed':>4s}  {'steps':>6s}  updated")
+    for row in rows:
+        typer.echo(
+            f"{row['run_id']:16s}  {row['status']:9s}  {row['optimizer']:12s}  {row['lr']:7.4g}  "
+            f"{row['momentum']:8.4g}  {row['seed']:4d}  {row['steps']:6d}  {row['updated']}"
+        )
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it.")],
+    store: StoreOption = None,
+) -> None:
+    """Print a run's config, status, environment and final measurements."""
+    try:
+        stored = RunStore(store).get(run_id)
+    except RunStoreError as error:
+        _fail(str(error), 1)
+    typer.echo(f"run {stored.run_id} in {stored.folder}")
+    typer.echo("status: " + json.dumps(stored.status))
+    typer.echo("config: " + stored.config.model_dump_json(indent=2))
+    if (stored.folder / "environment.json").is_file():
+        typer.echo("environment: " + json.dumps(stored.environment(), indent=2))
+    if stored.finished and (stored.folder / "metrics.csv").is_file():
+        typer.echo("final:")
+        for key, value in stored.final().items():
+            typer.echo(f"  {key:28s} {_format(value)}")

@@ -1,0 +1,194 @@
+"""Typed run configurations: validation, YAML/TOML loading, dotted overrides and a content hash.
+
+A run is fully described by a :class:`RunConfig`. Its hash (:func:`config_hash`) keys the run store,
+so two runs with the same hash are the same computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the field, the value and what is allowed."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureMarginDataConfig(StrictModel):
+    """The feature–margin distribution (D) of Jelassi & Li (SPEC §1)."""
+
+    kind: Literal["feature_margin"] = "feature_margin"
+    n_train: int = Field(20000, ge=1, description="N, training examples")
+    n_test: int = Field(2000, ge=1, description="test examples")
+    dim: int = Field(30, ge=2, description="d, patch dimension")
+    patches: int = Field(5, ge=2, description="P, patches per example")
+    alpha: float | None = Field(None, gt=0, description="large margin α; null means d^0.49")
+    beta_margin: float = Field(0.2, gt=0, description="small margin β")
+    noise_std: float = Field(0.5, ge=0, description="σ, std of the noise patches")
+    small_margin_fraction: float = Field(0.02, ge=0, le=1, description="μ")
+    seed: int | None = Field(None, ge=0, description="data seed; null means the run's seed")
+
+    @property
+    def large_margin(self) -> float:
+        """α, resolved from the theory's scaling α = d^0.49 when not set."""
+        return self.alpha if self.alpha is not None else self.dim**0.49
+
+    @model_validator(mode="after")
+    def _small_below_large(self) -> FeatureMarginDataConfig:
+        if self.beta_margin >= self.large_margin:
+            raise ValueError(
+                f"beta_margin = {self.beta_margin} must be smaller than the large margin "
+                f"alpha = {self.large_margin:.4g}"
+            )
+        return self
+
+
+class CubicCNNConfig(StrictModel):
+    """Two-layer CNN with cubic activation and second layer fixed to ones (SPEC §1)."""
+
+    kind: Literal["cubic_cnn"] = "cubic_cnn"
+    width: int = Field(5, ge=1, description="m, number of filters")
+    init_std: float = Field(0.05, gt=0, description="σ0, std of the Gaussian initialization")
+
+
+OptimizerName = Literal["gd", "ema_momentum", "heavy_ball", "nesterov"]
+
+
+class OptimizerConfig(StrictModel):
+    """Which update rule, with the learning rate and momentum in that rule's own parameterization.
+
+    `ema_momentum` is the paper's GD+M (g ← γg + (1−γ)∇L; W ← W − ηg); `heavy_ball` and `nesterov`
+    are PyTorch's forms (b ← μb + ∇L). See :mod:`momentumlab.optim.momentum` for the conversion.
+    """
+
+    name: OptimizerName = "gd"
+    lr: float = Field(0.5, gt=0, description="η (or h for heavy ball)")
+    momentum: float = Field(0.0, ge=0, lt=1, description="γ / β / μ depending on the rule")
+
+    @model_validator(mode="after")
+    def _gd_has_no_momentum(self) -> OptimizerConfig:
+        if self.name == "gd" and self.momentum != 0:
+            raise ValueError(
+                f"momentum = {self.momentum} is not allowed with name = 'gd'; "
+                "use 'ema_momentum', 'heavy_ball' or 'nesterov'"
+            )
+        return self
+
+
+class TrainConfig(StrictModel):
+    steps: int = Field(3000, ge=1, description="T, optimizer steps")
+    batch_size: int | None = Field(None, ge=1, description="null means full batch")
+    l2: float = Field(0.0, ge=0, description="λ in the objective's (λ/2)‖W‖²")
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+
+
+class RunConfig(StrictModel):
+    """Everything that determines one training run."""
+
+    seed: int = Field(0, ge=0)
+    data: FeatureMarginDataConfig = FeatureMarginDataConfig()
+    model: CubicCNNConfig = CubicCNNConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _batch_fits_data(self) -> RunConfig:
+        if self.train.batch_size is not None and self.train.batch_size > self.data.n_train:
+            raise ValueError(
+                f"train.batch_size = {self.train.batch_size} exceeds data.n_train = "
+                f"{self.data.n_train}; allowed: 1..{self.data.n_train} or null (full batch)"
+            )
+        return self
+
+
+def config_hash(config: BaseModel) -> str:
+    """Stable content hash (16 hex digits) of a config's full, canonical JSON form."""
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(config)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"  {field} = {item['input']!r}: {message}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def validate(model_type: type[BaseModel], raw: dict[str, Any]) -> Any:
+    """Build `model_type` from plain data, turning validation errors into a :class:`ConfigError`."""
+    try:
+        return model_type.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-parsed value."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from None
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each dotted ``key=value`` override set."""
+    result = json.loads(json.dumps(raw))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                prefix = ".".join(path[: depth + 1])
+                raise ConfigError(f"override {text!r}: {prefix} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def load_raw(path: Path) -> dict[str, Any]:
+    """Read a YAML or TOML file into plain data."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"config file {str(path)!r} could not be parsed: {error}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return raw
+
+
+def load_run_config(path: Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Load a :class:`RunConfig` from a file (or the defaults) with overrides applied."""
+    raw = load_raw(path) if path is not None else {}
+    return validate(RunConfig, apply_overrides(raw, list(overrides)))

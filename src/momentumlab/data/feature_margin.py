@@ -1,0 +1,82 @@
+"""The feature–margin distribution (D) of Jelassi & Li (SPEC §1, seed 001 §2).
+
+Each example has P patches in R^d. One patch, at a uniformly random position p(X), carries the
+feature: X[p] = c·w* with c = α·y (large margin, probability 1 − μ) or c = β·y (small margin,
+probability μ). Every other patch is Gaussian noise orthogonal to w*: X[j] ~ N(0, σ²(I − w*w*ᵀ)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from momentumlab.config import FeatureMarginDataConfig
+
+
+@dataclass(frozen=True)
+class FeatureMarginSet:
+    """One sample of (D): inputs, labels and what the theory needs to know about each example."""
+
+    inputs: torch.Tensor  # X, shape (N, P, d)
+    labels: torch.Tensor  # y ∈ {−1, +1}, shape (N,)
+    is_small_margin: torch.Tensor  # bool, shape (N,): the example is in Z_2
+    signal_position: torch.Tensor  # p(X), long, shape (N,)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> FeatureMarginSet:
+        return FeatureMarginSet(
+            inputs=self.inputs.to(device=device, dtype=dtype),
+            labels=self.labels.to(device=device, dtype=dtype),
+            is_small_margin=self.is_small_margin.to(device),
+            signal_position=self.signal_position.to(device),
+        )
+
+    def noise_patch_mask(self) -> torch.Tensor:
+        """Bool (N, P): True at the noise patches j ≠ p(X_i)."""
+        n, patches = self.labels.shape[0], self.inputs.shape[1]
+        mask = torch.ones(n, patches, dtype=torch.bool, device=self.labels.device)
+        mask[torch.arange(n, device=mask.device), self.signal_position] = False
+        return mask
+
+
+@dataclass(frozen=True)
+class FeatureMarginData:
+    """Train and test samples of (D) sharing one feature direction w*."""
+
+    feature: torch.Tensor  # w*, unit vector of shape (d,)
+    train: FeatureMarginSet
+    test: FeatureMarginSet
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> FeatureMarginData:
+        return FeatureMarginData(
+            feature=self.feature.to(device=device, dtype=dtype),
+            train=self.train.to(device, dtype),
+            test=self.test.to(device, dtype),
+        )
+
+
+def _sample(
+    config: FeatureMarginDataConfig, feature: torch.Tensor, n: int, generator: torch.Generator
+) -> FeatureMarginSet:
+    d, patches = config.dim, config.patches
+    labels = torch.randint(0, 2, (n,), generator=generator, dtype=torch.float64) * 2 - 1
+    is_small_margin = torch.rand(n, generator=generator, dtype=torch.float64) < config.small_margin_fraction
+    margin = torch.where(is_small_margin, config.beta_margin, config.large_margin)
+    signal_position = torch.randint(0, patches, (n,), generator=generator)
+    noise = torch.randn(n, patches, d, generator=generator, dtype=torch.float64) * config.noise_std
+    noise -= (noise @ feature)[..., None] * feature  # project onto the orthogonal complement of w*
+    noise[torch.arange(n), signal_position] = (margin * labels)[:, None] * feature  # X[p] = c·w*
+    return FeatureMarginSet(noise, labels, is_small_margin, signal_position)
+
+
+def make_feature_margin_data(config: FeatureMarginDataConfig, seed: int) -> FeatureMarginData:
+    """Draw w*, a training set and a test set from (D), deterministically from `seed` (float64, CPU)."""
+    generator = torch.Generator().manual_seed(seed)
+    feature = torch.randn(config.dim, generator=generator, dtype=torch.float64)
+    feature /= feature.norm()
+    train = _sample(config, feature, config.n_train, generator)
+    test = _sample(config, feature, config.n_test, generator)
+    return FeatureMarginData(feature=feature, train=train, test=test)

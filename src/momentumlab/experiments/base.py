@@ -1,0 +1,24 @@
+"""What every reproduction takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from momentumlab.claims import Claim
+
+
+@dataclass(frozen=True)
+class ReproductionOptions:
+    seeds: tuple[int, ...] | None = None  # None: the reproduction's default seeds
+    overrides: tuple[str, ...] = ()  # dotted key=value applied to every run's config
+    progress: bool = False
+
+
+@dataclass
+class ReproductionResult:
+    name: str
+    title: str
+    claims: list[Claim]
+    section: str  # Markdown, figure links relative to the report's folder
+    figures: list[Path] = field(default_factory=list)

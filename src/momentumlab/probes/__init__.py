@@ -1,0 +1,1 @@
+"""Measurements taken during and after training."""

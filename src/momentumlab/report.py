@@ -1,0 +1,71 @@
+"""Figures and the Markdown report of a reproduction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from momentumlab import atomic  # noqa: E402
+from momentumlab.claims import Claim  # noqa: E402
+
+COLORS = {"GD": "#d1495b", "GD+M": "#00798c"}
+
+
+def plot_mean_band(axis: plt.Axes, curves: pd.DataFrame, column: str, label: str, color: str) -> None:
+    """Mean over seeds of `column` against step, with the min–max band; `curves` has a 'seed' column."""
+    table = curves.pivot_table(index="step", columns="seed", values=column)
+    axis.plot(table.index, table.mean(axis=1), color=color, label=label, linewidth=1.8)
+    axis.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2, linewidth=0)
+
+
+def compare_panels(
+    curves: dict[str, pd.DataFrame],
+    panels: Sequence[tuple[str, str, str]],
+    path: Path,
+    columns: int = 3,
+    title: str = "",
+) -> Path:
+    """One panel per (column, title, y-scale) with every optimizer's curve; saved as PNG at `path`."""
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for axis, (column, panel_title, scale) in zip(axes.flat, panels):
+        for label, frame in curves.items():
+            plot_mean_band(axis, frame, column, label, COLORS.get(label, None))
+        axis.set_title(panel_title, fontsize=10)
+        axis.set_xlabel("step")
+        axis.set_yscale(scale)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.axis("off")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def claims_table(claims: Sequence[Claim]) -> str:
+    """Markdown table of claims with their measured values and verdicts."""
+    lines = ["| claim | measured | threshold | verdict |", "|---|---|---|---|"]
+    for claim in claims:
+        verdict = "PASSED" if claim.passed else "**FAILED**"
+        lines.append(
+            f"| {claim.statement} (`{claim.id}`) | {claim.measured:.4g} | {claim.comparison} "
+            f"{claim.threshold:.4g} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(path: Path, title: str, sections: Sequence[str]) -> Path:
+    """Write the report's Markdown atomically."""
+    atomic.write_text(path, f"# {title}\n\n" + "\n\n".join(sections).rstrip() + "\n")
+    return path

@@ -1,0 +1,222 @@
+"""The run store: one folder per run, keyed by the config hash, plus an SQLite index of all runs.
+
+    ROOT/index.sqlite
+    ROOT/runs/<hash>/config.json        the full config
+                     status.json        running | complete | diverged | failed (+ step, message)
+                     metrics.csv        one row per logged step (complete and diverged runs)
+                     weights.pt         final weights
+                     environment.json   package versions, git revision, machine
+                     checkpoint.pt      while a run is unfinished
+
+Every file is written atomically, and `status.json` is written last, so a folder whose status is
+not complete/diverged is never read as a result. Asking for a complete config returns the stored
+result; an unfinished one resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from momentumlab import atomic
+from momentumlab.config import RunConfig, config_hash, validate
+from momentumlab.train.loop import train
+
+FINISHED = ("complete", "diverged")
+DEFAULT_ROOT_VARIABLE = "MOMENTUMLAB_STORE"
+
+
+class RunStoreError(RuntimeError):
+    """A run that cannot be found, is ambiguous, or is busy in another process."""
+
+
+@dataclass
+class StoredRun:
+    run_id: str
+    folder: Path
+    config: RunConfig
+    status: dict[str, Any]
+
+    @property
+    def finished(self) -> bool:
+        return self.status.get("status") in FINISHED
+
+    def metrics(self) -> pd.DataFrame:
+        """The logged rows (step, loss, accuracies, theory quantities) as a DataFrame."""
+        return pd.read_csv(self.folder / "metrics.csv")
+
+    def final(self) -> dict[str, float]:
+        """The last logged row."""
+        return self.metrics().iloc[-1].to_dict()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return torch.load(self.folder / "weights.pt", weights_only=True)
+
+    def environment(self) -> dict[str, Any]:
+        return json.loads((self.folder / "environment.json").read_text())
+
+
+def default_root() -> Path:
+    return Path(os.environ.get(DEFAULT_ROOT_VARIABLE, "runs"))
+
+
+def environment() -> dict[str, Any]:
+    """What produced a run: versions, code revision and machine."""
+    packages = {}
+    for name in ("momentumlab", "torch", "numpy", "pandas", "pydantic"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    source = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    revision = git("rev-parse", "HEAD")
+    return {
+        "python": sys.version.split()[0],
+        "packages": packages,
+        "git_revision": revision,
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if revision else None,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "hostname": platform.node(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+class RunStore:
+    """Runs on disk under `root`, found by their config hash (or a unique prefix of it)."""
+
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else default_root()
+        (self.root / "runs").mkdir(parents=True, exist_ok=True)
+        with self._index() as index:
+            index.execute(
+                "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, status TEXT, optimizer TEXT,"
+                " lr REAL, momentum REAL, seed INTEGER, steps INTEGER, updated TEXT, config TEXT, final TEXT)"
+            )
+
+    @contextmanager
+    def _index(self) -> Iterator[sqlite3.Connection]:
+        connection = sqlite3.connect(self.root / "index.sqlite", timeout=30)
+        try:
+            with connection:
+                yield connection
+        finally:
+            connection.close()
+
+    def folder(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def _write_status(self, run: StoredRun, status: str, final: dict | None = None, **details: Any) -> None:
+        run.status = {"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}
+        atomic.write_json(run.folder / "status.json", run.status)
+        optimizer = run.config.optimizer
+        with self._index() as index:
+            index.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.run_id, status, optimizer.name, optimizer.lr, optimizer.momentum, run.config.seed,
+                    run.config.train.steps, run.status["updated"], run.config.model_dump_json(),
+                    json.dumps(final) if final is not None else None,
+                ),
+            )
+
+    def resolve(self, prefix: str) -> str:
+        """The full run id that `prefix` starts, or an error naming what was found."""
+        matches = sorted(p.name for p in (self.root / "runs").glob(f"{prefix}*") if p.is_dir())
+        if not matches:
+            raise RunStoreError(f"no run whose id starts with {prefix!r} in {self.root}")
+        if len(matches) > 1:
+            raise RunStoreError(f"run id prefix {prefix!r} is ambiguous: {', '.join(matches[:5])}")
+        return matches[0]
+
+    def get(self, run_id: str) -> StoredRun:
+        folder = self.folder(self.resolve(run_id))
+        config = validate(RunConfig, json.loads((folder / "config.json").read_text()))
+        status_file = folder / "status.json"
+        status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "running"}
+        return StoredRun(folder.name, folder, config, status)
+
+    def list(self) -> list[dict[str, Any]]:
+        """One dict per indexed run, newest first."""
+        with self._index() as index:
+            index.row_factory = sqlite3.Row
+            rows = index.execute("SELECT * FROM runs ORDER BY updated DESC").fetchall()
+        return [dict(row) for row in rows]
+
+    def run(
+        self,
+        config: RunConfig,
+        force: bool = False,
+        progress: bool = False,
+        on_step: Callable[[int], None] | None = None,
+    ) -> StoredRun:
+        """The finished run of `config`: stored if it exists (unless `force`), else trained or resumed."""
+        run_id = config_hash(config)
+        folder = self.folder(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _exclusive(folder / ".lock", run_id):
+            if not (folder / "config.json").is_file():
+                atomic.write_json(folder / "config.json", config.model_dump(mode="json"))
+            run = self.get(run_id)
+            if run.finished and not force:
+                return run
+            checkpoint = folder / "checkpoint.pt"
+            if force:
+                checkpoint.unlink(missing_ok=True)
+            atomic.write_json(folder / "environment.json", environment())
+            self._write_status(run, "running")
+            try:
+                record = train(config, checkpoint, progress=progress, on_step=on_step)
+            except BaseException as error:
+                self._write_status(run, "failed", message=f"{type(error).__name__}: {error}")
+                raise
+            atomic.save_torch(folder / "weights.pt", record.weights)
+            atomic.write_text(folder / "metrics.csv", pd.DataFrame(record.rows).to_csv(index=False))
+            final = record.rows[-1] if record.rows else None
+            self._write_status(
+                run, record.status, final=final, step=record.diverged_at_step, message=record.message,
+                seconds=round(record.seconds, 3), resumed_from_step=record.resumed_from_step,
+            )
+            checkpoint.unlink(missing_ok=True)
+            return run
+
+
+@contextmanager
+def _exclusive(lock_path: Path, run_id: str) -> Iterator[None]:
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunStoreError(f"run {run_id} is being trained by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

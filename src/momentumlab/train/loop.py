@@ -1,0 +1,150 @@
+"""One training run, top to bottom: data, model, optimizer, steps, measurements, checkpoints.
+
+Full batch uses the cubic CNN's closed-form gradient (:class:`FullBatchCubicObjective`); minibatches
+use the same formula on the batch. Every `log_every` steps (and at the end) one row of measurements is
+taken at W(t) (:func:`feature_margin_measurements`). Every `checkpoint_every` steps the weights,
+optimizer state and rows so far are saved atomically, so a run killed anywhere resumes from its last
+checkpoint and ends with exactly the rows an uninterrupted run has.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from momentumlab import atomic
+from momentumlab.config import RunConfig
+from momentumlab.data.feature_margin import FeatureMarginData, make_feature_margin_data
+from momentumlab.models.cubic_cnn import CubicCNN, FullBatchCubicObjective, cubic_loss_and_gradient
+from momentumlab.optim.momentum import build_optimizer
+from momentumlab.probes.projections import feature_margin_measurements
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class RunRecord:
+    """What a run produced: its status, measurement rows and final weights."""
+
+    status: Literal["complete", "diverged"]
+    rows: list[dict[str, float]]
+    weights: dict[str, torch.Tensor]
+    diverged_at_step: int | None = None
+    seconds: float = 0.0
+    resumed_from_step: int = 0
+    message: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_data(config: RunConfig) -> FeatureMarginData:
+    seed = config.data.seed if config.data.seed is not None else config.seed
+    return make_feature_margin_data(config.data, seed)
+
+
+def build_model(config: RunConfig) -> CubicCNN:
+    generator = torch.Generator().manual_seed(config.seed + 1_000_003)  # independent of the data stream
+    return CubicCNN(config.model.width, config.data.dim, config.model.init_std, generator)
+
+
+def minibatch_indices(seed: int, step: int, batch_size: int, n: int) -> torch.Tensor:
+    """Indices of the batch at `step`: epochs are fresh permutations, the last partial batch is dropped.
+
+    Stateless (a function of seed and step), so a resumed run draws exactly the same batches.
+    """
+    batches_per_epoch = n // batch_size
+    epoch, position = divmod(step, batches_per_epoch)
+    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_033 + epoch))
+    return permutation[position * batch_size : (position + 1) * batch_size]
+
+
+def _momentum_buffer(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> torch.Tensor | None:
+    if optimizer.defaults["momentum"] == 0:
+        return None
+    return optimizer.state[parameter].get("momentum_buffer", torch.zeros_like(parameter))
+
+
+def train(
+    config: RunConfig,
+    checkpoint_path: Path | None = None,
+    progress: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> RunRecord:
+    """Train one run of `config`, resuming from `checkpoint_path` when it holds a checkpoint.
+
+    `on_step(t)` is called before step t (tests use it to interrupt a run at a chosen step).
+    """
+    started = time.perf_counter()
+    dtype, device = DTYPES[config.train.dtype], torch.device(config.train.device)
+    data = build_data(config).to(device, dtype)
+    model = build_model(config).to(device=device, dtype=dtype)
+    weight = model.weight
+    optimizer = build_optimizer(config.optimizer, model.parameters())
+    full_batch = FullBatchCubicObjective(data.train.inputs, data.train.labels, config.model.width, config.train.l2)
+    rows: list[dict[str, float]] = []
+    start = 0
+    if checkpoint_path is not None and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rows, start = state["rows"], state["step"]
+
+    def measure(step: int, loss: torch.Tensor, gradient: torch.Tensor) -> None:
+        with torch.no_grad():
+            row = feature_margin_measurements(weight, data, gradient, _momentum_buffer(optimizer, weight))
+        rows.append({"step": step, "train_loss": loss.item(), **row})
+
+    def checkpoint(step: int) -> None:
+        if checkpoint_path is not None:
+            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rows=rows, step=step)
+            atomic.save_torch(checkpoint_path, state)
+
+    steps, batch_size = config.train.steps, config.train.batch_size
+    bar = tqdm(total=steps, initial=start, disable=None if progress else True, desc=config.optimizer.name, leave=False)
+    status, diverged_at = "complete", None
+    with torch.no_grad():
+        for step in range(start, steps):
+            if on_step is not None:
+                on_step(step)
+            logging = step % config.train.log_every == 0
+            if batch_size is None or logging:
+                loss, gradient = full_batch.loss_and_gradient(weight)
+                if logging and math.isfinite(loss.item()):
+                    measure(step, loss, gradient)
+                    bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
+            if batch_size is not None:
+                batch = minibatch_indices(config.seed, step, batch_size, len(data.train))
+                loss, gradient = cubic_loss_and_gradient(
+                    weight, data.train.inputs[batch], data.train.labels[batch], config.train.l2
+                )
+            if not math.isfinite(loss.item()):
+                status, diverged_at = "diverged", step
+                break
+            weight.grad = gradient
+            optimizer.step()
+            bar.update()
+            if (step + 1) % config.train.checkpoint_every == 0 and step + 1 < steps:
+                checkpoint(step + 1)
+        else:
+            loss, gradient = full_batch.loss_and_gradient(weight)
+            if math.isfinite(loss.item()) and bool(torch.isfinite(weight).all()):
+                measure(steps, loss, gradient)
+            else:
+                status, diverged_at = "diverged", steps
+    bar.close()
+    weight.grad = None
+    return RunRecord(
+        status=status,
+        rows=rows,
+        weights={name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+        diverged_at_step=diverged_at,
+        seconds=time.perf_counter() - started,
+        resumed_from_step=start,
+        message=f"non-finite loss at step {diverged_at}" if diverged_at is not None else "",
+    )
