@@ -6,6 +6,7 @@ so two runs with the same hash are the same computation.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import sys
@@ -95,6 +96,7 @@ class TrainConfig(StrictModel):
     batch_size: int | None = Field(None, ge=1, description="null means full batch")
     l2: float = Field(0.0, ge=0, description="λ in the objective's (λ/2)‖W‖²")
     log_every: int = Field(50, ge=1)
+    log_geometric: bool = Field(False, description="also log at steps ⌈1.5^k⌉ (1, 2, 3, 4, 6, 8, …) below log_every")
     checkpoint_every: int = Field(500, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
@@ -158,7 +160,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of `raw` with each dotted ``key=value`` override set."""
-    result = json.loads(json.dumps(raw))
+    result = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,17 @@ from momentumlab.claims import Claim  # noqa: E402
 COLORS = {"GD": "#d1495b", "GD+M": "#00798c"}
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One subplot: a metrics column against step, optionally with a horizontal reference line."""
+
+    column: str
+    title: str
+    yscale: str = "linear"
+    reference: float | None = None
+    reference_label: str = ""
+
+
 def plot_mean_band(axis: plt.Axes, curves: pd.DataFrame, column: str, label: str, color: str) -> None:
     """Mean over seeds of `column` against step, with the min–max band; `curves` has a 'seed' column."""
     table = curves.pivot_table(index="step", columns="seed", values=column)
@@ -26,20 +38,25 @@ def plot_mean_band(axis: plt.Axes, curves: pd.DataFrame, column: str, label: str
 
 def compare_panels(
     curves: dict[str, pd.DataFrame],
-    panels: Sequence[tuple[str, str, str]],
+    panels: Sequence[Panel],
     path: Path,
     columns: int = 3,
     title: str = "",
 ) -> Path:
-    """One panel per (column, title, y-scale) with every optimizer's curve; saved as PNG at `path`."""
+    """One subplot per panel with every optimizer's curve (steps on a symlog axis); saved as PNG."""
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
-    for axis, (column, panel_title, scale) in zip(axes.flat, panels):
+    for axis, panel in zip(axes.flat, panels):
         for label, frame in curves.items():
-            plot_mean_band(axis, frame, column, label, COLORS.get(label, None))
-        axis.set_title(panel_title, fontsize=10)
+            if panel.column in frame and frame[panel.column].notna().any():
+                plot_mean_band(axis, frame, panel.column, label, COLORS.get(label))
+        if panel.reference is not None:
+            axis.axhline(panel.reference, color="gray", linestyle="--", linewidth=1, label=panel.reference_label)
+        axis.set_title(panel.title, fontsize=10)
         axis.set_xlabel("step")
-        axis.set_yscale(scale)
+        axis.set_xscale("symlog", linthresh=10)
+        axis.set_xlim(left=0)
+        axis.set_yscale(panel.yscale)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     for axis in list(axes.flat)[len(panels) :]:

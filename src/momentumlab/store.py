@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from momentumlab.config import RunConfig, config_hash, validate
 from momentumlab.train.loop import train
 
 FINISHED = ("complete", "diverged")
+RUN_ID_PREFIX = re.compile(r"[0-9a-f]{1,16}")
 DEFAULT_ROOT_VARIABLE = "MOMENTUMLAB_STORE"
 
 
@@ -61,8 +63,9 @@ class StoredRun:
         return pd.read_csv(self.folder / "metrics.csv")
 
     def final(self) -> dict[str, float]:
-        """The last logged row."""
-        return self.metrics().iloc[-1].to_dict()
+        """The last logged row (empty for a run that diverged before its first row)."""
+        metrics = self.metrics()
+        return metrics.iloc[-1].to_dict() if len(metrics) else {}
 
     def weights(self) -> dict[str, torch.Tensor]:
         return torch.load(self.folder / "weights.pt", weights_only=True)
@@ -150,6 +153,8 @@ class RunStore:
 
     def resolve(self, prefix: str) -> str:
         """The full run id that `prefix` starts, or an error naming what was found."""
+        if not RUN_ID_PREFIX.fullmatch(prefix):
+            raise RunStoreError(f"run id {prefix!r} must be 1 to 16 hexadecimal digits")
         matches = sorted(p.name for p in (self.root / "runs").glob(f"{prefix}*") if p.is_dir())
         if not matches:
             raise RunStoreError(f"no run whose id starts with {prefix!r} in {self.root}")
@@ -199,7 +204,8 @@ class RunStore:
                 self._write_status(run, "failed", message=f"{type(error).__name__}: {error}")
                 raise
             atomic.save_torch(folder / "weights.pt", record.weights)
-            atomic.write_text(folder / "metrics.csv", pd.DataFrame(record.rows).to_csv(index=False))
+            metrics = pd.DataFrame(record.rows) if record.rows else pd.DataFrame(columns=["step", "train_loss"])
+            atomic.write_text(folder / "metrics.csv", metrics.to_csv(index=False))
             final = record.rows[-1] if record.rows else None
             self._write_status(
                 run, record.status, final=final, step=record.diverged_at_step, message=record.message,

@@ -64,7 +64,11 @@ def _sample(
     d, patches = config.dim, config.patches
     labels = torch.randint(0, 2, (n,), generator=generator, dtype=torch.float64) * 2 - 1
     is_small_margin = torch.rand(n, generator=generator, dtype=torch.float64) < config.small_margin_fraction
-    margin = torch.where(is_small_margin, config.beta_margin, config.large_margin)
+    margin = torch.where(
+        is_small_margin,
+        torch.tensor(config.beta_margin, dtype=torch.float64),
+        torch.tensor(config.large_margin, dtype=torch.float64),
+    )
     signal_position = torch.randint(0, patches, (n,), generator=generator)
     noise = torch.randn(n, patches, d, generator=generator, dtype=torch.float64) * config.noise_std
     noise -= (noise @ feature)[..., None] * feature  # project onto the orthogonal complement of w*

@@ -16,7 +16,7 @@ MEMORIZATION_THRESHOLD = 1.0  # y_i Ξ_i ≥ Ω(1) counts as "memorized by noise
 
 
 def _mean_or_nan(values: torch.Tensor) -> float:
-    return values.float().mean().item() if values.numel() else float("nan")
+    return values.double().mean().item() if values.numel() else float("nan")
 
 
 def group_accuracies(outputs: torch.Tensor, data: FeatureMarginSet, prefix: str) -> dict[str, float]:

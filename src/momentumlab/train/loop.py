@@ -64,6 +64,17 @@ def minibatch_indices(seed: int, step: int, batch_size: int, n: int) -> torch.Te
     return permutation[position * batch_size : (position + 1) * batch_size]
 
 
+def logged_steps(steps: int, log_every: int, geometric: bool) -> set[int]:
+    """Steps at which a row is logged: multiples of `log_every`, the last step, and (if `geometric`)
+    the geometric grid ⌈1.5^k⌉ below `log_every`, which resolves the fast early phase."""
+    logged = set(range(0, steps + 1, log_every)) | {steps}
+    power = 1.0
+    while geometric and power < log_every:
+        logged.add(math.ceil(power))
+        power *= 1.5
+    return logged
+
+
 def _momentum_buffer(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> torch.Tensor | None:
     if optimizer.defaults["momentum"] == 0:
         return None
@@ -106,13 +117,16 @@ def train(
             atomic.save_torch(checkpoint_path, state)
 
     steps, batch_size = config.train.steps, config.train.batch_size
-    bar = tqdm(total=steps, initial=start, disable=None if progress else True, desc=config.optimizer.name, leave=False)
+    to_log = logged_steps(steps, config.train.log_every, config.train.log_geometric)
+    bar = tqdm(
+        total=steps, initial=start, disable=None if progress else True, desc=config.optimizer.name, leave=False
+    )
     status, diverged_at = "complete", None
     with torch.no_grad():
         for step in range(start, steps):
             if on_step is not None:
                 on_step(step)
-            logging = step % config.train.log_every == 0
+            logging = step in to_log
             if batch_size is None or logging:
                 loss, gradient = full_batch.loss_and_gradient(weight)
                 if logging and math.isfinite(loss.item()):

@@ -1,0 +1,217 @@
+"""The cubic CNN and its closed-form objective against plain loops and autograd."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from momentumlab.models.cubic_cnn import (
+    CubicCNN,
+    FullBatchCubicObjective,
+    cubic_loss_and_gradient,
+    logistic_objective,
+)
+
+N, P, D, M = 40, 3, 8, 4
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=2e-4, atol=2e-5),
+}
+
+
+def _problem(seed: int = 0, weight_std: float = 0.3):
+    """Random inputs (N, P, d), labels in {−1, +1} and weights (m, d), float64."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(N, P, D, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 2, (N,), generator=generator).to(torch.float64) * 2 - 1
+    weight = torch.randn(M, D, generator=generator, dtype=torch.float64) * weight_std
+    return inputs, labels, weight
+
+
+def _loop_outputs(weight: torch.Tensor, inputs: torch.Tensor) -> list[float]:
+    """f_W(X_i) = Σ_r Σ_j ⟨w_r, X_i[j]⟩³ as plain Python loops over floats."""
+    w = weight.tolist()
+    outputs = []
+    for example in inputs.tolist():
+        total = 0.0
+        for w_r in w:
+            for patch in example:
+                dot = sum(a * b for a, b in zip(w_r, patch))
+                total += dot**3
+        outputs.append(total)
+    return outputs
+
+
+def _loop_loss(weight: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, l2: float) -> float:
+    """(1/N) Σ_i log(1 + exp(−y_i f_i)) + (λ/2)‖W‖²_F with Python floats."""
+    outputs = _loop_outputs(weight, inputs)
+    data_term = sum(math.log(1 + math.exp(-y * f)) for y, f in zip(labels.tolist(), outputs)) / len(outputs)
+    penalty = 0.5 * l2 * sum(v * v for row in weight.tolist() for v in row)
+    return data_term + penalty
+
+
+def _autograd_reference(weight: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, l2: float):
+    """(L, ∇L) by autograd through CubicCNN, with the loss written out independently (float64)."""
+    model = CubicCNN(M, D, init_std=1.0).to(torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(weight.to(torch.float64))
+    outputs = model(inputs.to(torch.float64))
+    y = labels.to(torch.float64)
+    loss = torch.log1p(torch.exp(-y * outputs)).mean() + 0.5 * l2 * model.weight.pow(2).sum()
+    (gradient,) = torch.autograd.grad(loss, model.weight)
+    return loss.detach(), gradient
+
+
+def test_forward_equals_triple_loop():
+    """CubicCNN.forward equals Σ_r Σ_j ⟨w_r, X[j]⟩³ computed with Python loops."""
+    inputs, _, weight = _problem()
+    model = CubicCNN(M, D, init_std=1.0).to(torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    outputs = model(inputs)
+    assert outputs.shape == (N,)
+    torch.testing.assert_close(outputs.detach(), torch.tensor(_loop_outputs(weight, inputs), dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_forward_single_example_by_hand():
+    """One example, P = 2, d = 2, m = 2: f = 1³ + 3³ + (−1)³ + 0.5³ written out."""
+    model = CubicCNN(2, 2, init_std=1.0).to(torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.5, -0.5]], dtype=torch.float64))
+    inputs = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]], dtype=torch.float64)
+    # ⟨w1, X1⟩ = 1, ⟨w1, X2⟩ = 3, ⟨w2, X1⟩ = −0.5, ⟨w2, X2⟩ = −0.5
+    expected = 1.0 + 27.0 - 0.125 - 0.125
+    torch.testing.assert_close(model(inputs).detach(), torch.tensor([expected], dtype=torch.float64),
+                               rtol=1e-14, atol=1e-14)
+
+
+def test_init_is_gaussian_with_generator():
+    """Weights are torch.randn(m, d) · σ0 drawn in float64 from the given generator."""
+    model = CubicCNN(M, D, init_std=0.05, generator=torch.Generator().manual_seed(7))
+    expected = torch.randn(M, D, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 0.05
+    assert model.weight.shape == (M, D)
+    assert model.weight.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(model.weight.detach().to(torch.float64), expected, rtol=1e-6, atol=1e-9)
+    other = CubicCNN(M, D, init_std=0.05, generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(model.weight, other.weight)
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_logistic_objective_equals_loop(l2):
+    """logistic_objective(f, y, W, λ) = mean log(1+exp(−y f)) + λ/2‖W‖² with Python floats
+    (small weights so every |y f| < 20, below F.softplus's linear threshold: tight tolerance)."""
+    inputs, labels, weight = _problem(seed=1, weight_std=0.15)
+    outputs = torch.tensor(_loop_outputs(weight, inputs), dtype=torch.float64)
+    assert outputs.abs().max() < 20
+    loss = logistic_objective(outputs, labels, weight, l2)
+    assert loss.item() == pytest.approx(_loop_loss(weight, inputs, labels, l2), rel=1e-13, abs=1e-15)
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_logistic_objective_equals_loop_saturated(l2):
+    """Same reference with some −y f > 20: F.softplus returns x there (threshold 20), an error of
+    log1p(e^{−x}) ≤ e^{−20} ≈ 2.1e-9 per term, so the mean agrees to 3e-9."""
+    inputs, labels, weight = _problem(seed=1)
+    outputs = torch.tensor(_loop_outputs(weight, inputs), dtype=torch.float64)
+    assert (-labels * outputs).max() > 20
+    loss = logistic_objective(outputs, labels, weight, l2)
+    assert loss.item() == pytest.approx(_loop_loss(weight, inputs, labels, l2), rel=0, abs=3e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_cubic_loss_and_gradient_equals_autograd(l2, dtype):
+    """Closed-form (L, ∇L) on a batch equals autograd in float64 (tight) and float32 (loose); the
+    loss also equals the Python-loop loss."""
+    inputs, labels, weight = _problem(seed=2)
+    ref_loss, ref_gradient = _autograd_reference(weight, inputs, labels, l2)
+    assert ref_loss.item() == pytest.approx(_loop_loss(weight, inputs, labels, l2), rel=1e-12)
+    assert ref_gradient.norm() > 1e-2  # not a trivially zero gradient
+
+    loss, gradient = cubic_loss_and_gradient(weight.to(dtype), inputs.to(dtype), labels.to(dtype), l2)
+    assert gradient.shape == (M, D) and gradient.dtype == dtype
+    torch.testing.assert_close(loss.to(torch.float64), ref_loss, **TOLERANCES[dtype])
+    torch.testing.assert_close(gradient.to(torch.float64), ref_gradient, **TOLERANCES[dtype])
+
+
+def test_cubic_loss_and_gradient_on_minibatch():
+    """On a slice of 7 examples the mean is over those 7 (autograd on the same slice)."""
+    inputs, labels, weight = _problem(seed=3)
+    batch_inputs, batch_labels = inputs[5:12], labels[5:12]
+    ref_loss, ref_gradient = _autograd_reference(weight, batch_inputs, batch_labels, 0.1)
+    loss, gradient = cubic_loss_and_gradient(weight, batch_inputs, batch_labels, 0.1)
+    torch.testing.assert_close(loss, ref_loss, **TOLERANCES[torch.float64])
+    torch.testing.assert_close(gradient, ref_gradient, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_full_batch_objective_equals_autograd(l2, dtype):
+    """FullBatchCubicObjective.loss_and_gradient equals autograd; `outputs` equals the forward pass."""
+    inputs, labels, weight = _problem(seed=4)
+    objective = FullBatchCubicObjective(inputs.to(dtype), labels.to(dtype), width=M, l2=l2)
+    loss, gradient = objective.loss_and_gradient(weight.to(dtype))
+    ref_loss, ref_gradient = _autograd_reference(weight, inputs, labels, l2)
+    assert gradient.dtype == dtype
+    torch.testing.assert_close(loss.to(torch.float64), ref_loss, **TOLERANCES[dtype])
+    torch.testing.assert_close(gradient.to(torch.float64), ref_gradient, **TOLERANCES[dtype])
+    torch.testing.assert_close(
+        objective.outputs.to(torch.float64),
+        torch.tensor(_loop_outputs(weight, inputs), dtype=torch.float64),
+        **TOLERANCES[dtype],
+    )
+    model = CubicCNN(M, D, init_std=1.0).to(dtype)
+    with torch.no_grad():
+        model.weight.copy_(weight.to(dtype))
+        torch.testing.assert_close(objective.outputs, model(inputs.to(dtype)), **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_full_batch_objective_repeated_calls(l2):
+    """Calls with W1, W2, W1 again each match autograd at their own W: the buffers carry nothing over."""
+    inputs, labels, weight_1 = _problem(seed=5)
+    weight_2 = torch.randn(M, D, generator=torch.Generator().manual_seed(99), dtype=torch.float64) * 0.4
+    objective = FullBatchCubicObjective(inputs, labels, width=M, l2=l2)
+
+    results = []
+    for weight in (weight_1, weight_2, weight_1):
+        loss, gradient = objective.loss_and_gradient(weight)
+        ref_loss, ref_gradient = _autograd_reference(weight, inputs, labels, l2)
+        torch.testing.assert_close(loss, ref_loss, **TOLERANCES[torch.float64])
+        torch.testing.assert_close(gradient, ref_gradient, **TOLERANCES[torch.float64])
+        torch.testing.assert_close(
+            objective.outputs, torch.tensor(_loop_outputs(weight, inputs), dtype=torch.float64),
+            **TOLERANCES[torch.float64],
+        )
+        results.append((loss.item(), gradient.clone()))
+    # the two weights give different answers, and returning to W1 reproduces the first call exactly
+    assert not torch.allclose(results[0][1], results[1][1])
+    assert results[2][0] == results[0][0]
+    torch.testing.assert_close(results[2][1], results[0][1], rtol=0, atol=0)
+
+
+def test_full_batch_objective_matches_minibatch_function():
+    """Full batch fast path and cubic_loss_and_gradient agree on the same data (float64)."""
+    inputs, labels, weight = _problem(seed=6, weight_std=0.5)
+    objective = FullBatchCubicObjective(inputs, labels, width=M, l2=0.05)
+    loss_fast, gradient_fast = objective.loss_and_gradient(weight)
+    loss_slow, gradient_slow = cubic_loss_and_gradient(weight, inputs, labels, 0.05)
+    torch.testing.assert_close(loss_fast, loss_slow, **TOLERANCES[torch.float64])
+    torch.testing.assert_close(gradient_fast, gradient_slow, **TOLERANCES[torch.float64])
+
+
+def test_gradient_finite_difference():
+    """Central finite differences of the Python-loop loss match the closed-form gradient entry-wise."""
+    inputs, labels, weight = _problem(seed=7)
+    inputs, labels = inputs[:10], labels[:10]
+    _, gradient = cubic_loss_and_gradient(weight, inputs, labels, 0.2)
+    eps = 1e-6
+    for r, k in [(0, 0), (1, 3), (3, 7)]:
+        plus, minus = weight.clone(), weight.clone()
+        plus[r, k] += eps
+        minus[r, k] -= eps
+        numeric = (_loop_loss(plus, inputs, labels, 0.2) - _loop_loss(minus, inputs, labels, 0.2)) / (2 * eps)
+        assert gradient[r, k].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
