@@ -25,7 +25,12 @@ class CubicCNN(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """f_W(X) for inputs of shape (N, P, d); returns shape (N,)."""
-        return (inputs @ self.weight.T).pow(3).sum(dim=(1, 2))
+        return cubic_outputs(self.weight, inputs)
+
+
+def cubic_outputs(weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """f_W(X_i) = Σ_r Σ_j ⟨w_r, X_i[j]⟩³ for inputs of shape (N, P, d)."""
+    return (inputs @ weight.T).pow(3).sum(dim=(1, 2))
 
 
 def logistic_objective(

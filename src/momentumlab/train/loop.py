@@ -1,7 +1,8 @@
 """One training run, top to bottom: data, model, optimizer, steps, measurements, checkpoints.
 
 Full batch uses the cubic CNN's closed-form gradient (:class:`FullBatchCubicObjective`); minibatches
-use the same formula on the batch. Every `log_every` steps (and at the end) one row of measurements is
+use the same formula on the batch; with `train.gradient_penalty` the step uses autograd's double
+backward on L + λ‖∇L‖². Every `log_every` steps (and at the end) one row of measurements is
 taken at W(t) (:func:`feature_margin_measurements`). Every `checkpoint_every` steps the weights,
 optimizer state and rows so far are saved atomically, so a run killed anywhere resumes from its last
 checkpoint and ends with exactly the rows an uninterrupted run has.
@@ -22,9 +23,16 @@ from tqdm.auto import tqdm
 from momentumlab import atomic
 from momentumlab.config import RunConfig
 from momentumlab.data.feature_margin import FeatureMarginData, make_feature_margin_data
-from momentumlab.models.cubic_cnn import CubicCNN, FullBatchCubicObjective, cubic_loss_and_gradient
+from momentumlab.models.cubic_cnn import (
+    CubicCNN,
+    FullBatchCubicObjective,
+    cubic_loss_and_gradient,
+    cubic_outputs,
+    logistic_objective,
+)
 from momentumlab.optim.momentum import build_optimizer
 from momentumlab.probes.projections import feature_margin_measurements
+from momentumlab.train.gradient_penalty import penalized_loss_and_gradient
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -75,6 +83,25 @@ def logged_steps(steps: int, log_every: int, geometric: bool) -> set[int]:
     return logged
 
 
+def step_loss_and_gradient(
+    config: RunConfig, weight: torch.Tensor, data: FeatureMarginData, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (loss, gradient) the optimizer steps on at `step`: its minibatch (or all data), penalized
+    by `train.gradient_penalty` when that is set."""
+    inputs, labels = data.train.inputs, data.train.labels
+    if config.train.batch_size is not None:
+        batch = minibatch_indices(config.seed, step, config.train.batch_size, len(labels))
+        inputs, labels = inputs[batch], labels[batch]
+    l2, penalty = config.train.l2, config.train.gradient_penalty
+    if penalty == 0:
+        return cubic_loss_and_gradient(weight, inputs, labels, l2)
+
+    def objective(candidate: torch.Tensor) -> torch.Tensor:
+        return logistic_objective(cubic_outputs(candidate, inputs), labels, candidate, l2)
+
+    return penalized_loss_and_gradient(objective, weight, penalty)
+
+
 def _momentum_buffer(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> torch.Tensor | None:
     if optimizer.defaults["momentum"] == 0:
         return None
@@ -116,7 +143,8 @@ def train(
             state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rows=rows, step=step)
             atomic.save_torch(checkpoint_path, state)
 
-    steps, batch_size = config.train.steps, config.train.batch_size
+    steps = config.train.steps
+    fast_path = config.train.batch_size is None and config.train.gradient_penalty == 0
     to_log = logged_steps(steps, config.train.log_every, config.train.log_geometric)
     bar = tqdm(
         total=steps, initial=start, disable=None if progress else True, desc=config.optimizer.name, leave=False
@@ -127,16 +155,13 @@ def train(
             if on_step is not None:
                 on_step(step)
             logging = step in to_log
-            if batch_size is None or logging:
+            if fast_path or logging:
                 loss, gradient = full_batch.loss_and_gradient(weight)
                 if logging and math.isfinite(loss.item()):
                     measure(step, loss, gradient)
                     bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
-            if batch_size is not None:
-                batch = minibatch_indices(config.seed, step, batch_size, len(data.train))
-                loss, gradient = cubic_loss_and_gradient(
-                    weight, data.train.inputs[batch], data.train.labels[batch], config.train.l2
-                )
+            if not fast_path:
+                loss, gradient = step_loss_and_gradient(config, weight, data, step)
             if not math.isfinite(loss.item()):
                 status, diverged_at = "diverged", step
                 break
