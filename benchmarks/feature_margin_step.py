@@ -24,10 +24,12 @@ LR, MOMENTUM = 0.5, 0.99
 
 
 def config(steps: int) -> RunConfig:
-    return RunConfig.model_validate({
-        "optimizer": {"name": "ema_momentum", "lr": LR, "momentum": MOMENTUM},
-        "train": {"steps": steps, "log_every": 10**9, "checkpoint_every": 10**9},
-    })
+    return RunConfig.model_validate(
+        {
+            "optimizer": {"name": "ema_momentum", "lr": LR, "momentum": MOMENTUM},
+            "train": {"steps": steps, "log_every": 10**9, "checkpoint_every": 10**9},
+        }
+    )
 
 
 def trainer_ms_per_step(steps: int) -> float:
@@ -53,11 +55,15 @@ def naive_ms_per_step(steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"feature-margin default data (N=20000, d=30, P=5, m=5), GD+M, torch threads = {torch.get_num_threads()}")
+    print(
+        f"feature-margin default data (N=20000, d=30, P=5, m=5), GD+M, torch threads = {torch.get_num_threads()}"
+    )
     trainer = min(trainer_ms_per_step(args.steps) for _ in range(args.repeats))
     naive = min(naive_ms_per_step(args.steps // 4) for _ in range(args.repeats))
     print(f"naive reference (autograd + torch.optim.SGD, float64): {naive:8.3f} ms/step")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 StoreOption = Annotated[
-    Optional[Path], typer.Option("--store", help="Run store folder (default: $MOMENTUMLAB_STORE or ./runs).")
+    Path | None, typer.Option("--store", help="Run store folder (default: $MOMENTUMLAB_STORE or ./runs).")
 ]
 PER_NEURON = re.compile(r"_r\d+$")  # per-filter columns, left to `show`
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
@@ -38,7 +38,7 @@ def _format(value: object) -> str:
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="YAML or TOML run config.")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="Dotted key=value overrides.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted key=value overrides.")] = None,
     store: StoreOption = None,
     force: Annotated[bool, typer.Option("--force", help="Rerun even if the run is complete.")] = False,
     progress: ProgressOption = True,
@@ -61,18 +61,23 @@ def run(
 
 @app.command()
 def reproduce(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Reproductions to run (default: all CPU-sized).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for figures, claims and report.")] = Path("results"),
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Reproductions to run (default: all CPU-sized).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for figures, claims and report.")] = Path(
+        "results"
+    ),
     store: StoreOption = None,
-    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2.")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2.")] = None,
     overrides: Annotated[
-        Optional[list[str]], typer.Option("--set", help="key=value override for every run (repeatable).")
+        list[str] | None, typer.Option("--set", help="key=value override for every run (repeatable).")
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any claim fails.")] = False,
     progress: ProgressOption = True,
 ) -> None:
     """Run reproductions and write figures, claims.json and one report.md."""
-    from momentumlab.experiments import ReproductionOptions, reproduce as run_reproductions
+    from momentumlab.experiments import ReproductionOptions
+    from momentumlab.experiments import reproduce as run_reproductions
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
@@ -90,7 +95,9 @@ def reproduce(
         typer.echo(f"{result.name}:")
         for claim in result.claims:
             mark = "PASS" if claim.passed else "FAIL"
-            typer.echo(f"  [{mark}] {claim.statement}: {claim.measured:.4g} ({claim.comparison} {claim.threshold:.4g})")
+            typer.echo(
+                f"  [{mark}] {claim.statement}: {claim.measured:.4g} ({claim.comparison} {claim.threshold:.4g})"
+            )
             failed += not claim.passed
     typer.echo(f"report: {out / 'report.md'}")
     if strict and failed:
@@ -104,7 +111,9 @@ def list_runs(store: StoreOption = None) -> None:
     if not rows:
         typer.echo("no runs")
         return
-    typer.echo(f"{'run':16s}  {'status':9s}  {'optimizer':12s}  {'lr':>7s}  {'momentum':>8s}  {'seed':>4s}  {'steps':>6s}  updated")
+    typer.echo(
+        f"{'run':16s}  {'status':9s}  {'optimizer':12s}  {'lr':>7s}  {'momentum':>8s}  {'seed':>4s}  {'steps':>6s}  updated"
+    )
     for row in rows:
         typer.echo(
             f"{row['run_id']:16s}  {row['status']:9s}  {row['optimizer']:12s}  {row['lr']:7.4g}  "

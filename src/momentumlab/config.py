@@ -97,7 +97,9 @@ class TrainConfig(StrictModel):
     l2: float = Field(0.0, ge=0, description="λ in the objective's (λ/2)‖W‖²")
     gradient_penalty: float = Field(0.0, ge=0, description="adds this times ‖∇L‖² to the objective")
     log_every: int = Field(50, ge=1)
-    log_geometric: bool = Field(False, description="also log at steps ⌈1.5^k⌉ (1, 2, 3, 4, …) below log_every")
+    log_geometric: bool = Field(
+        False, description="also log at steps ⌈1.5^k⌉ (1, 2, 3, 4, …) below log_every"
+    )
     sharpness_every: int | None = Field(
         None, ge=1, description="log the top Hessian eigenvalue every this many steps (and at the end)"
     )

@@ -9,11 +9,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from momentumlab import atomic  # noqa: E402
-from momentumlab.claims import Claim  # noqa: E402
+from momentumlab import atomic
+from momentumlab.claims import Claim
 
 COLORS = {"GD": "#d1495b", "GD+M": "#00798c"}
 
@@ -51,7 +51,9 @@ def compare_panels(
             if panel.column in frame and frame[panel.column].notna().any():
                 plot_mean_band(axis, frame, panel.column, label, COLORS.get(label))
         if panel.reference is not None:
-            axis.axhline(panel.reference, color="gray", linestyle="--", linewidth=1, label=panel.reference_label)
+            axis.axhline(
+                panel.reference, color="gray", linestyle="--", linewidth=1, label=panel.reference_label
+            )
         axis.set_title(panel.title, fontsize=10)
         axis.set_xlabel("step")
         axis.set_xscale("symlog", linthresh=10)

@@ -90,7 +90,9 @@ def environment() -> dict[str, Any]:
 
     def git(*args: str) -> str | None:
         try:
-            result = subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=5)
+            result = subprocess.run(
+                ["git", *args], cwd=source, capture_output=True, text=True, timeout=5, check=False
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         return result.stdout.strip() if result.returncode == 0 else None
@@ -145,8 +147,15 @@ class RunStore:
             index.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    run.run_id, status, optimizer.name, optimizer.lr, optimizer.momentum, run.config.seed,
-                    run.config.train.steps, run.status["updated"], run.config.model_dump_json(),
+                    run.run_id,
+                    status,
+                    optimizer.name,
+                    optimizer.lr,
+                    optimizer.momentum,
+                    run.config.seed,
+                    run.config.train.steps,
+                    run.status["updated"],
+                    run.config.model_dump_json(),
                     json.dumps(final) if final is not None else None,
                 ),
             )
@@ -204,12 +213,19 @@ class RunStore:
                 self._write_status(run, "failed", message=f"{type(error).__name__}: {error}")
                 raise
             atomic.save_torch(folder / "weights.pt", record.weights)
-            metrics = pd.DataFrame(record.rows) if record.rows else pd.DataFrame(columns=["step", "train_loss"])
+            metrics = (
+                pd.DataFrame(record.rows) if record.rows else pd.DataFrame(columns=["step", "train_loss"])
+            )
             atomic.write_text(folder / "metrics.csv", metrics.to_csv(index=False))
             final = record.rows[-1] if record.rows else None
             self._write_status(
-                run, record.status, final=final, step=record.diverged_at_step, message=record.message,
-                seconds=round(record.seconds, 3), resumed_from_step=record.resumed_from_step,
+                run,
+                record.status,
+                final=final,
+                step=record.diverged_at_step,
+                message=record.message,
+                seconds=round(record.seconds, 3),
+                resumed_from_step=record.resumed_from_step,
             )
             checkpoint.unlink(missing_ok=True)
             return run

@@ -46,7 +46,8 @@ def reproduce(
     total = sum(len(result.claims) for result in results)
     overview = "\n".join(
         f"- `{result.name}` ({result.title}): {sum(c.passed for c in result.claims)}/{len(result.claims)} "
-        "claims reproduced" for result in results
+        "claims reproduced"
+        for result in results
     )
     write_report(
         out_dir / "report.md",

@@ -78,25 +78,63 @@ def _claims(final: dict[str, pd.DataFrame], beta_margin: float) -> list[Claim]:
 
     claims = []
     for label, key in (("GD", "gd"), ("GD+M", "gdm")):
-        claims.append(Claim(f"{key}-fits-train", f"{label} reaches train accuracy ≥ 0.99",
-                            mean(label, "train_accuracy"), 0.99, ">="))
-        claims.append(Claim(f"{key}-large-margin-test", f"{label} large-margin test accuracy ≥ 0.99",
-                            mean(label, "test_accuracy_large"), 0.99, ">="))
+        claims.append(
+            Claim(
+                f"{key}-fits-train",
+                f"{label} reaches train accuracy ≥ 0.99",
+                mean(label, "train_accuracy"),
+                0.99,
+                ">=",
+            )
+        )
+        claims.append(
+            Claim(
+                f"{key}-large-margin-test",
+                f"{label} large-margin test accuracy ≥ 0.99",
+                mean(label, "test_accuracy_large"),
+                0.99,
+                ">=",
+            )
+        )
     claims += [
-        Claim("gdm-small-margin-test", "GD+M small-margin test accuracy ≥ 0.95",
-              mean("GD+M", "test_accuracy_small"), 0.95, ">="),
-        Claim("gd-small-margin-test", "GD small-margin test accuracy ≤ 0.75",
-              mean("GD", "test_accuracy_small"), 0.75, "<="),
-        Claim("gdm-signal-reaches-inverse-beta", "GD+M final signal c(T) ≥ 1/β",
-              mean("GD+M", "signal_max"), 1.0 / beta_margin, ">="),
-        Claim("gdm-signal-above-gd", "GD+M final c(T) above GD's (difference > 0)",
-              mean("GD+M", "signal_max") - mean("GD", "signal_max"), 0.0, ">",
-              {"GD": mean("GD", "signal_max"), "GD+M": mean("GD+M", "signal_max")}),
-        Claim("gd-memorizes-more", "GD memorizes more small-margin training examples through noise "
-              "(fraction with y·Ξ ≥ 1, GD minus GD+M > 0)",
-              mean("GD", "memorized_fraction_small") - mean("GD+M", "memorized_fraction_small"), 0.0, ">",
-              {"GD": mean("GD", "memorized_fraction_small"),
-               "GD+M": mean("GD+M", "memorized_fraction_small")}),
+        Claim(
+            "gdm-small-margin-test",
+            "GD+M small-margin test accuracy ≥ 0.95",
+            mean("GD+M", "test_accuracy_small"),
+            0.95,
+            ">=",
+        ),
+        Claim(
+            "gd-small-margin-test",
+            "GD small-margin test accuracy ≤ 0.75",
+            mean("GD", "test_accuracy_small"),
+            0.75,
+            "<=",
+        ),
+        Claim(
+            "gdm-signal-reaches-inverse-beta",
+            "GD+M final signal c(T) ≥ 1/β",
+            mean("GD+M", "signal_max"),
+            1.0 / beta_margin,
+            ">=",
+        ),
+        Claim(
+            "gdm-signal-above-gd",
+            "GD+M final c(T) above GD's (difference > 0)",
+            mean("GD+M", "signal_max") - mean("GD", "signal_max"),
+            0.0,
+            ">",
+            {"GD": mean("GD", "signal_max"), "GD+M": mean("GD+M", "signal_max")},
+        ),
+        Claim(
+            "gd-memorizes-more",
+            "GD memorizes more small-margin training examples through noise "
+            "(fraction with y·Ξ ≥ 1, GD minus GD+M > 0)",
+            mean("GD", "memorized_fraction_small") - mean("GD+M", "memorized_fraction_small"),
+            0.0,
+            ">",
+            {"GD": mean("GD", "memorized_fraction_small"), "GD+M": mean("GD+M", "memorized_fraction_small")},
+        ),
     ]
     return claims
 
@@ -115,11 +153,17 @@ SUMMARY_COLUMNS = {
 
 def _summary_table(final: dict[str, pd.DataFrame]) -> str:
     labels = list(final)
-    lines = ["| quantity (mean ± std over seeds) | " + " | ".join(labels) + " |",
-             "|---|" + "---|" * len(labels)]
+    lines = [
+        "| quantity (mean ± std over seeds) | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
     for column, description in SUMMARY_COLUMNS.items():
-        cells = [f"{final[label][column].mean():.4g} ± {final[label][column].std(ddof=0):.2g}"
-                 if column in final[label] else "n/a" for label in labels]
+        cells = [
+            f"{final[label][column].mean():.4g} ± {final[label][column].std(ddof=0):.2g}"
+            if column in final[label]
+            else "n/a"
+            for label in labels
+        ]
         lines.append(f"| {description} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -130,7 +174,9 @@ def run(store: RunStore, out_dir: Path, options: ReproductionOptions) -> Reprodu
     runs: dict[str, list[StoredRun]] = {label: [] for label in OPTIMIZERS}
     for seed in seeds:
         for label in OPTIMIZERS:
-            runs[label].append(store.run(run_config(label, seed, options.overrides), progress=options.progress))
+            runs[label].append(
+                store.run(run_config(label, seed, options.overrides), progress=options.progress)
+            )
     config = runs["GD"][0].config
     curves = {label: _curves(group, group[0].config.optimizer.momentum > 0) for label, group in runs.items()}
     final = {label: _final(group) for label, group in runs.items()}
@@ -139,19 +185,31 @@ def run(store: RunStore, out_dir: Path, options: ReproductionOptions) -> Reprodu
     out_dir.mkdir(parents=True, exist_ok=True)
     beta = config.data.beta_margin
     figures = [
-        compare_panels(curves, [
-            Panel("train_loss", "training loss", "log"),
-            Panel("test_accuracy_large", "test accuracy, large margin"),
-            Panel("test_accuracy_small", "test accuracy, small margin"),
-        ], out_dir / "training.png", title="GD vs GD+M (mean over seeds, band = min–max)"),
-        compare_panels(curves, [
-            Panel("signal_max", "signal c(t) = max_r ⟨w_r, w*⟩", reference=1 / beta, reference_label="1/β"),
-            Panel("memorized_fraction_small", "small-margin train memorized by noise (y·Ξ ≥ 1)"),
-            Panel("noise_memorization_small", "mean y·Ξ over small-margin train"),
-            Panel("feature_push_gradient", "−⟨∇L, w*⟩ at r_max (gradient along the feature)", "log"),
-            Panel("feature_push_momentum", "−⟨g, w*⟩ at r_max (momentum along the feature)", "log"),
-            Panel("nu_small", "ν₂ (small-margin loss derivative)", "log"),
-        ], out_dir / "theory.png", title="The theory's quantities: historical feature amplification"),
+        compare_panels(
+            curves,
+            [
+                Panel("train_loss", "training loss", "log"),
+                Panel("test_accuracy_large", "test accuracy, large margin"),
+                Panel("test_accuracy_small", "test accuracy, small margin"),
+            ],
+            out_dir / "training.png",
+            title="GD vs GD+M (mean over seeds, band = min–max)",
+        ),
+        compare_panels(
+            curves,
+            [
+                Panel(
+                    "signal_max", "signal c(t) = max_r ⟨w_r, w*⟩", reference=1 / beta, reference_label="1/β"
+                ),
+                Panel("memorized_fraction_small", "small-margin train memorized by noise (y·Ξ ≥ 1)"),
+                Panel("noise_memorization_small", "mean y·Ξ over small-margin train"),
+                Panel("feature_push_gradient", "−⟨∇L, w*⟩ at r_max (gradient along the feature)", "log"),
+                Panel("feature_push_momentum", "−⟨g, w*⟩ at r_max (momentum along the feature)", "log"),
+                Panel("nu_small", "ν₂ (small-margin loss derivative)", "log"),
+            ],
+            out_dir / "theory.png",
+            title="The theory's quantities: historical feature amplification",
+        ),
     ]
     atomic.write_json(out_dir / "claims.json", [claim.to_json() for claim in claims])
     table = pd.concat({label: frame for label, frame in final.items()}, names=["optimizer"])
@@ -163,22 +221,30 @@ def run(store: RunStore, out_dir: Path, options: ReproductionOptions) -> Reprodu
         [f"momentumlab reproduce {NAME} --seeds {','.join(map(str, seeds))}"]
         + [f"--set {override}" for override in options.overrides]
     )
-    run_lines = [f"- {label}, seed {run.config.seed}: `{run.run_id}` ({run.status['status']})"
-                 for label, group in runs.items() for run in group]
-    section = "\n\n".join([
-        f"## {TITLE}\n\nCommand: `{command}`.",
-        CALIBRATION_NOTE,
-        "### Claims\n\n" + claims_table(claims),
-        "### Final measurements\n\n" + _summary_table(final)
-        + f"\n\nSmall-margin test examples per seed: {small_test_counts} — each misclassified one moves "
-          "that seed's small-margin accuracy by 1/count, so read those accuracies with that resolution.",
-        f"![training]({NAME}/training.png)\n\n![theory]({NAME}/theory.png)",
-        "### Setting\n\n"
-        f"N = {data.n_train}, test = {data.n_test}, d = {data.dim}, P = {data.patches}, "
-        f"α = {data.large_margin:.4g}, β = {data.beta_margin}, σ = {data.noise_std}, "
-        f"μ = {data.small_margin_fraction}, m = {model.width}, σ0 = {model.init_std}, λ = {train.l2}, "
-        f"T = {train.steps}; GD: η = {config.optimizer.lr}; GD+M (EMA form): "
-        f"η = {runs['GD+M'][0].config.optimizer.lr}, γ = {runs['GD+M'][0].config.optimizer.momentum}.",
-        "### Runs\n\n" + "\n".join(run_lines),
-    ])
+    run_lines = [
+        f"- {label}, seed {run.config.seed}: `{run.run_id}` ({run.status['status']})"
+        for label, group in runs.items()
+        for run in group
+    ]
+    section = "\n\n".join(
+        [
+            f"## {TITLE}\n\nCommand: `{command}`.",
+            CALIBRATION_NOTE,
+            "### Claims\n\n" + claims_table(claims),
+            "### Final measurements\n\n"
+            + _summary_table(final)
+            + f"\n\nSmall-margin test examples per seed: {small_test_counts} — each misclassified one moves "
+            "that seed's small-margin accuracy by 1/count, so read those accuracies with that resolution.",
+            f"![training]({NAME}/training.png)\n\n![theory]({NAME}/theory.png)",
+            (
+                "### Setting\n\n"
+                f"N = {data.n_train}, test = {data.n_test}, d = {data.dim}, P = {data.patches}, "
+                f"α = {data.large_margin:.4g}, β = {data.beta_margin}, σ = {data.noise_std}, "
+                f"μ = {data.small_margin_fraction}, m = {model.width}, σ0 = {model.init_std}, λ = {train.l2}, "
+                f"T = {train.steps}; GD: η = {config.optimizer.lr}; GD+M (EMA form): "
+                f"η = {runs['GD+M'][0].config.optimizer.lr}, γ = {runs['GD+M'][0].config.optimizer.momentum}."
+            ),
+            "### Runs\n\n" + "\n".join(run_lines),
+        ]
+    )
     return ReproductionResult(NAME, TITLE, claims, section, figures)

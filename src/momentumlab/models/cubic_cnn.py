@@ -20,7 +20,9 @@ class CubicCNN(nn.Module):
 
     def __init__(self, width: int, dim: int, init_std: float, generator: torch.Generator | None = None):
         super().__init__()
-        init = torch.randn(width, dim, generator=generator, dtype=torch.float64) * init_std  # w_r ~ N(0, σ0² I)
+        init = (
+            torch.randn(width, dim, generator=generator, dtype=torch.float64) * init_std
+        )  # w_r ~ N(0, σ0² I)
         self.weight = nn.Parameter(init.to(torch.get_default_dtype()))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,7 @@ class FullBatchCubicObjective:
         self.n, self.patches, self.l2 = n, patches, l2
         self.inputs_t = inputs.reshape(n * patches, dim).T.contiguous()  # (d, N·P)
         self.neg_labels = -labels
-        like = dict(dtype=inputs.dtype, device=inputs.device)
+        like = {"dtype": inputs.dtype, "device": inputs.device}
         self._projections = torch.empty(width, n * patches, **like)
         self._squares = torch.empty(width, n * patches, **like)
         self._cubes = torch.empty(width, n * patches, **like)

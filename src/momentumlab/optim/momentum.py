@@ -43,7 +43,7 @@ class _MomentumOptimizer(Optimizer):
             raise ValueError(f"lr = {lr} must be > 0")
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum = {momentum} must be in [0, 1)")
-        super().__init__(params, dict(lr=lr, momentum=momentum))
+        super().__init__(params, {"lr": lr, "momentum": momentum})
 
     def _buffer(self, parameter: torch.Tensor) -> torch.Tensor:
         state = self.state[parameter]

@@ -124,7 +124,9 @@ def train(
     model = build_model(config).to(device=device, dtype=dtype)
     weight = model.weight
     optimizer = build_optimizer(config.optimizer, model.parameters())
-    full_batch = FullBatchCubicObjective(data.train.inputs, data.train.labels, config.model.width, config.train.l2)
+    full_batch = FullBatchCubicObjective(
+        data.train.inputs, data.train.labels, config.model.width, config.train.l2
+    )
     rows: list[dict[str, float]] = []
     start = 0
     if checkpoint_path is not None and checkpoint_path.is_file():
@@ -140,14 +142,23 @@ def train(
 
     def checkpoint(step: int) -> None:
         if checkpoint_path is not None:
-            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rows=rows, step=step)
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rows": rows,
+                "step": step,
+            }
             atomic.save_torch(checkpoint_path, state)
 
     steps = config.train.steps
     fast_path = config.train.batch_size is None and config.train.gradient_penalty == 0
     to_log = logged_steps(steps, config.train.log_every, config.train.log_geometric)
     bar = tqdm(
-        total=steps, initial=start, disable=None if progress else True, desc=config.optimizer.name, leave=False
+        total=steps,
+        initial=start,
+        disable=None if progress else True,
+        desc=config.optimizer.name,
+        leave=False,
     )
     status, diverged_at = "complete", None
     with torch.no_grad():
