@@ -28,8 +28,12 @@ def test_trainer_with_gradient_penalty_matches_dense_hessian_loop(tiny_config):
     """GD on L + λ‖∇L‖² equals W ← W − η(∇L + 2λ H∇L) with H the dense autograd Hessian (float64)."""
     penalty, lr, l2, steps = 0.05, 0.5, 0.01, 6
     config = tiny_config(
-        "train.dtype=float64", f"train.steps={steps}", f"train.gradient_penalty={penalty}",
-        f"train.l2={l2}", "model.init_std=0.3", f"optimizer.lr={lr}",
+        "train.dtype=float64",
+        f"train.steps={steps}",
+        f"train.gradient_penalty={penalty}",
+        f"train.l2={l2}",
+        "model.init_std=0.3",
+        f"optimizer.lr={lr}",
     )
     data = build_data(config).to("cpu", torch.float64)
     inputs, labels = data.train.inputs, data.train.labels
@@ -47,6 +51,13 @@ def test_trainer_with_gradient_penalty_matches_dense_hessian_loop(tiny_config):
     record = train(config)
     assert record.status == "complete"
     torch.testing.assert_close(record.weights["weight"], weight, rtol=1e-10, atol=1e-12)
-    unpenalized = train(tiny_config("train.dtype=float64", f"train.steps={steps}", f"train.l2={l2}",
-                                    "model.init_std=0.3", f"optimizer.lr={lr}"))
+    unpenalized = train(
+        tiny_config(
+            "train.dtype=float64",
+            f"train.steps={steps}",
+            f"train.l2={l2}",
+            "model.init_std=0.3",
+            f"optimizer.lr={lr}",
+        )
+    )
     assert (unpenalized.weights["weight"] - weight).abs().max() > 1e-6  # the penalty changed the path

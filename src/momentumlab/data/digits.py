@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -39,7 +40,7 @@ def load_digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> DigitsData
     images = torch.from_numpy(digits.images / PIXEL_MAX).to(torch.float32).unsqueeze(1)
     labels = torch.from_numpy(digits.target).to(torch.long)
     train_index, test_index = train_test_split(
-        torch.arange(len(labels)).numpy(), test_size=test_fraction, random_state=seed, stratify=labels.numpy()
+        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=digits.target
     )
     train_index, test_index = torch.from_numpy(train_index), torch.from_numpy(test_index)
     return DigitsData(

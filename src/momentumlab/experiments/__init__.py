@@ -8,7 +8,7 @@ from pathlib import Path
 
 from momentumlab import atomic
 from momentumlab.config import ConfigError
-from momentumlab.experiments import feature_margin
+from momentumlab.experiments import feature_margin, flatness_toy, momentum_variance
 from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
 from momentumlab.report import write_report
 from momentumlab.store import RunStore
@@ -23,7 +23,8 @@ class Reproduction:
 
 
 REPRODUCTIONS = {
-    module.NAME: Reproduction(module.NAME, module.TITLE, True, module.run) for module in (feature_margin,)
+    module.NAME: Reproduction(module.NAME, module.TITLE, True, module.run)
+    for module in (feature_margin, flatness_toy, momentum_variance)
 }
 
 

@@ -13,6 +13,7 @@ drawn from a fixed generator, so `options.seeds` is ignored.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -20,21 +21,21 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
 
-from momentumlab import atomic  # noqa: E402
-from momentumlab.claims import Claim  # noqa: E402
-from momentumlab.data.landscapes import (  # noqa: E402
+from momentumlab import atomic
+from momentumlab.claims import Claim
+from momentumlab.data.landscapes import (
     scalar_product_gradient,
     scalar_product_loss,
     scalar_product_sharpness,
 )
-from momentumlab.experiments.base import ReproductionOptions, ReproductionResult  # noqa: E402
-from momentumlab.probes.curvature import flat_loss_hvp, top_eigenvalues  # noqa: E402
-from momentumlab.report import claims_table  # noqa: E402
-from momentumlab.store import RunStore  # noqa: E402
+from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
+from momentumlab.probes.curvature import flat_loss_hvp, top_eigenvalues
+from momentumlab.report import claims_table
+from momentumlab.store import RunStore
 
 NAME = "flatness-toy"
 TITLE = "Heavy ball ends at flatter minima as β grows (Ghosh et al., IGR-M on a two-parameter toy)"
@@ -73,36 +74,60 @@ def _by_beta(values: list[float]) -> dict[str, float]:
     return {str(beta): value for beta, value in zip(BETAS, values)}
 
 
-def _probe_sharpness(point: Tensor) -> tuple[float, int]:
-    """Top Hessian eigenvalue of E at `point` by the curvature probe, and the HVPs it took."""
+def _probe_sharpness(point: Tensor) -> tuple[float, int, bool]:
+    """Top Hessian eigenvalue of E at `point` by the curvature probe, the HVPs it took, and convergence."""
     hvp = flat_loss_hvp(scalar_product_loss(INPUT, TARGET), point)
-    result = top_eigenvalues(hvp, dim=point.numel(), k=1, tol=PROBE_TOLERANCE, max_iter=50,
-                             generator=torch.Generator().manual_seed(0))
-    return float(result.eigenvalues[0]), int(result.hvp_count)
+    result = top_eigenvalues(
+        hvp,
+        dim=point.numel(),
+        k=1,
+        tol=PROBE_TOLERANCE,
+        max_iter=50,
+        generator=torch.Generator().manual_seed(0),
+    )
+    return float(result.eigenvalues[0]), result.hvp_count, result.converged
 
 
 def _plot_trajectories(paths: Tensor, path: Path) -> Path:
     """Level sets of E, the minimum hyperbola, the flattest minimum and every run's trajectory."""
     ends = paths[-1]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    views = [((-0.1, 3.2), (-0.1, 3.8)),
-             ((0.2, 0.95), (0.65, 2.1))]
+    views = [((-0.1, 3.2), (-0.1, 3.8)), ((0.2, 0.95), (0.65, 2.1))]
     for axis, (xlim, ylim) in zip(axes, views):
-        w1, w2 = torch.meshgrid(torch.linspace(*xlim, 300, dtype=torch.float64),
-                                torch.linspace(*ylim, 300, dtype=torch.float64), indexing="ij")
+        w1, w2 = torch.meshgrid(
+            torch.linspace(*xlim, 300, dtype=torch.float64),
+            torch.linspace(*ylim, 300, dtype=torch.float64),
+            indexing="ij",
+        )
         loss = scalar_product_loss(INPUT, TARGET)(torch.stack([w1, w2], -1))
         levels = torch.logspace(-4, 2, 13).tolist()
         axis.contour(w1, w2, loss, levels=levels, colors="0.75", linewidths=0.7)
         hyperbola = torch.linspace(0.12, xlim[1], 400)
-        axis.plot(hyperbola, TARGET / INPUT / hyperbola, color="black", linewidth=1.2,
-                  label="minima w1 w2 = y/x")
+        axis.plot(
+            hyperbola, TARGET / INPUT / hyperbola, color="black", linewidth=1.2, label="minima w1 w2 = y/x"
+        )
         flattest = math.sqrt(TARGET / INPUT)
-        axis.plot(flattest, flattest, marker="*", markersize=14, color="gold", markeredgecolor="black",
-                  linestyle="none", label="flattest minimum (√0.6, √0.6)")
+        axis.plot(
+            flattest,
+            flattest,
+            marker="*",
+            markersize=14,
+            color="gold",
+            markeredgecolor="black",
+            linestyle="none",
+            label="flattest minimum (√0.6, √0.6)",
+        )
         for index, (beta, color) in enumerate(zip(BETAS, COLORS)):
             axis.plot(paths[:, index, 0], paths[:, index, 1], color=color, linewidth=1.1, label=f"β = {beta}")
-            axis.plot(ends[index, 0], ends[index, 1], marker="o", markersize=7, color=color,
-                      markeredgecolor="black", linestyle="none")
+            axis.plot(
+                ends[index, 0],
+                ends[index, 1],
+                marker="o",
+                markersize=7,
+                color=color,
+                markeredgecolor="black",
+                linestyle="none",
+            )
         axis.plot(*START, marker="s", color="black", linestyle="none", label="start (2.8, 3.4)")
         axis.set_xlim(*xlim)
         axis.set_ylim(*ylim)
@@ -110,7 +135,7 @@ def _plot_trajectories(paths: Tensor, path: Path) -> Path:
         axis.set_ylabel("w2")
         axis.grid(alpha=0.2)
     axes[0].set_title("trajectories over level sets of E (log-spaced)", fontsize=10)
-    axes[1].set_title("near the minima (dots: end points after 50 000 steps)", fontsize=10)
+    axes[1].set_title(f"near the minima (dots: end points after {len(paths) - 1} steps)", fontsize=10)
     axes[0].legend(fontsize=8, loc="upper left")
     figure.suptitle(f"Heavy ball on E = ½(y − w1 w2 x)², effective step h/(1−β) = {EFFECTIVE_STEP}")
     figure.tight_layout()
@@ -123,11 +148,19 @@ def _plot_sharpness(closed_form: list[float], probe: list[float], flow: float, p
     """λ_max at each end point against β, with the gradient-flow minimum and the flattest minimum."""
     figure, axis = plt.subplots(figsize=(5.6, 4.2))
     axis.plot(BETAS, closed_form, color="#00798c", marker="o", label="closed form x²(w1² + w2²)")
-    axis.plot(BETAS, probe, color="black", marker="x", markersize=9, linestyle="none",
-              label="curvature probe (Lanczos on HVPs)")
+    axis.plot(
+        BETAS,
+        probe,
+        color="black",
+        marker="x",
+        markersize=9,
+        linestyle="none",
+        label="curvature probe (Lanczos on HVPs)",
+    )
     axis.axhline(flow, color="gray", linestyle="--", linewidth=1, label="gradient-flow minimum (no IGR)")
-    axis.axhline(2 * INPUT * TARGET, color="goldenrod", linestyle=":", linewidth=1.5,
-                 label="flattest minimum, 2xy")
+    axis.axhline(
+        2 * INPUT * TARGET, color="goldenrod", linestyle=":", linewidth=1.5, label="flattest minimum, 2xy"
+    )
     axis.set_xlabel("β (effective step held at 0.01)")
     axis.set_ylabel("λ_max at the end point")
     axis.set_title("Sharpness of the minimum reached", fontsize=10)
@@ -151,50 +184,80 @@ def run(
     final_loss = scalar_product_loss(INPUT, TARGET)(ends).tolist()
     closed_form = scalar_product_sharpness(ends, INPUT).tolist()  # λ_max = x²(w1² + w2²)
     probed = [_probe_sharpness(end.clone()) for end in ends]
-    probe = [value for value, _ in probed]
+    probe = [value for value, _, _ in probed]
     relative_gap = [abs(p - c) / c for p, c in zip(probe, closed_form)]
     flow = gradient_flow_sharpness(start[0])
-    decreases = [a - b for a, b in zip(closed_form, closed_form[1:])]
+    decreases = [a - b for a, b in itertools.pairwise(closed_form)]
     strength = [(1 + b) / (1 - b) for b in BETAS]  # IGR-M strength relative to GD at equal h/(1−β)
     coefficient = [(1 + b) * EFFECTIVE_STEP * (1 - b) / (4 * (1 - b) ** 2) for b in BETAS]  # (1+β)h/(4(1−β)²)
 
     claims = [
-        Claim("runs-reach-minima", f"every run ends at a minimum (max final loss ≤ {CONVERGED_LOSS:g})",
-              max(final_loss), CONVERGED_LOSS, "<=", _by_beta(final_loss)),
-        Claim("sharpness-decreases-with-beta",
-              "λ_max at the end point strictly decreases as β grows (min over successive β of "
-              "λ_max(β_i) − λ_max(β_{i+1}) > 0)",
-              min(decreases), 0.0, ">", _by_beta(closed_form)),
-        Claim("probe-matches-closed-form",
-              f"curvature probe and x²(w1² + w2²) agree (max relative gap ≤ {AGREEMENT:g})",
-              max(relative_gap), AGREEMENT, "<=", _by_beta(relative_gap)),
+        Claim(
+            "runs-reach-minima",
+            f"every run ends at a minimum (max final loss ≤ {CONVERGED_LOSS:g})",
+            max(final_loss),
+            CONVERGED_LOSS,
+            "<=",
+            _by_beta(final_loss),
+        ),
+        Claim(
+            "sharpness-decreases-with-beta",
+            "λ_max at the end point strictly decreases as β grows (min over successive β of "
+            "λ_max(β_i) − λ_max(β_{i+1}) > 0)",
+            min(decreases),
+            0.0,
+            ">",
+            _by_beta(closed_form),
+        ),
+        Claim(
+            "probe-matches-closed-form",
+            f"curvature probe and x²(w1² + w2²) agree (max relative gap ≤ {AGREEMENT:g})",
+            max(relative_gap),
+            AGREEMENT,
+            "<=",
+            _by_beta(relative_gap),
+        ),
     ]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = [_plot_trajectories(paths, out_dir / "trajectories.png"),
-               _plot_sharpness(closed_form, probe, flow, out_dir / "sharpness.png")]
+    figures = [
+        _plot_trajectories(paths, out_dir / "trajectories.png"),
+        _plot_sharpness(closed_form, probe, flow, out_dir / "sharpness.png"),
+    ]
     atomic.write_json(out_dir / "claims.json", [claim.to_json() for claim in claims])
 
-    rows = ["| β | h | end point (w1, w2) | final E | λ_max closed form | λ_max probe (HVPs) | relative gap "
-            "| IGR-M strength (1+β)/(1−β) | IGR-M coefficient (1+β)h/(4(1−β)²) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        (
+            "| β | h | end point (w1, w2) | final E | λ_max closed form | λ_max probe (HVPs, converged) "
+            "| relative gap | IGR-M strength (1+β)/(1−β) | IGR-M coefficient (1+β)h/(4(1−β)²) |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for i, b in enumerate(BETAS):
-        rows.append(f"| {b} | {float(step[i]):.4g} | ({ends[i, 0]:.6f}, {ends[i, 1]:.6f}) "
-                    f"| {final_loss[i]:.2e} | {closed_form[i]:.8f} | {probe[i]:.8f} ({probed[i][1]}) "
-                    f"| {relative_gap[i]:.1e} | {strength[i]:.4g} | {coefficient[i]:.4g} |")
-    section = "\n\n".join([
-        f"## {TITLE}\n\nCommand: `momentumlab reproduce {NAME}`.",
-        f"E(w1, w2) = ½(y − w1 w2 x)² with x = {INPUT}, y = {TARGET}; heavy ball from {START} with "
-        f"h = {EFFECTIVE_STEP}(1 − β) (effective step {EFFECTIVE_STEP}) for {steps} steps in float64, "
-        f"β ∈ {{{', '.join(map(str, BETAS))}}}. The probe is Lanczos on exact Hessian-vector products "
-        f"(tolerance {PROBE_TOLERANCE:g}).",
-        "### Claims\n\n" + claims_table(claims),
-        "### End points\n\n" + "\n".join(rows),
-        "IGR-M (SPEC §2) predicts a regularizer (1+β)h/(4(1−β)²)‖∇E‖², i.e. (1+β)/(1−β) = "
-        + ", ".join(f"{s:.4g}" for s in strength) + f" times GD's for β = {', '.join(map(str, BETAS))} at "
-        f"equal effective step. References: the O(h) flow x' = −∇E/(1−β) conserves w1² − w2² and ends "
-        f"at λ_max = {flow:.4f} for every β; the flattest minimum has λ_max = 2xy = "
-        f"{2 * INPUT * TARGET:.4g}.",
-        f"![trajectories]({NAME}/trajectories.png)\n\n![sharpness]({NAME}/sharpness.png)",
-    ])
+        rows.append(
+            f"| {b} | {float(step[i]):.4g} | ({ends[i, 0]:.6f}, {ends[i, 1]:.6f}) "
+            f"| {final_loss[i]:.2e} | {closed_form[i]:.8f} | {probe[i]:.8f} "
+            f"({probed[i][1]}, {probed[i][2]}) | {relative_gap[i]:.1e} | {strength[i]:.4g} "
+            f"| {coefficient[i]:.4g} |"
+        )
+    section = "\n\n".join(
+        [
+            f"## {TITLE}\n\nCommand: `momentumlab reproduce {NAME}`.",
+            (
+                f"E(w1, w2) = ½(y − w1 w2 x)² with x = {INPUT}, y = {TARGET}; heavy ball from {START} with "
+                f"h = {EFFECTIVE_STEP}(1 − β) (effective step {EFFECTIVE_STEP}) for {steps} steps in float64, "
+                f"β ∈ {{{', '.join(map(str, BETAS))}}}. The probe is Lanczos on exact Hessian-vector products "
+                f"(tolerance {PROBE_TOLERANCE:g})."
+            ),
+            "### Claims\n\n" + claims_table(claims),
+            "### End points\n\n" + "\n".join(rows),
+            "IGR-M (SPEC §2) predicts a regularizer (1+β)h/(4(1−β)²)‖∇E‖², i.e. (1+β)/(1−β) = "
+            + ", ".join(f"{s:.4g}" for s in strength)
+            + f" times GD's for β = {', '.join(map(str, BETAS))} at "
+            f"equal effective step. References: the O(h) flow x' = −∇E/(1−β) conserves w1² − w2² and ends "
+            f"at λ_max = {flow:.4f} for every β; the flattest minimum has λ_max = 2xy = "
+            f"{2 * INPUT * TARGET:.4g}.",
+            f"![trajectories]({NAME}/trajectories.png)\n\n![sharpness]({NAME}/sharpness.png)",
+        ]
+    )
     return ReproductionResult(NAME, TITLE, claims, section, figures)

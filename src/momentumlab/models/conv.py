@@ -1,8 +1,8 @@
 """A small convolutional classifier without batch norm or dropout, for curvature probes on images.
 
 conv3×3 → ReLU → conv3×3 → ReLU → average pool to 2×2 → linear. Padding keeps the image size, so the
-pooling window is image_size / 2 and the parameter count does not depend on the image size (3 130 for
-width 16 and 10 classes, on 8×8 digits and 32×32 CIFAR images alike).
+pooling window is image_size / 2 and the parameter count does not depend on the image size (width 16,
+10 classes: 3 130 parameters for one input channel, 3 418 for three).
 """
 
 from __future__ import annotations

@@ -31,10 +31,12 @@ from momentumlab.models.cubic_cnn import (
     logistic_objective,
 )
 from momentumlab.optim.momentum import build_optimizer
+from momentumlab.probes.curvature import flat_loss_hvp, top_eigenvalues
 from momentumlab.probes.projections import feature_margin_measurements
 from momentumlab.train.gradient_penalty import penalized_loss_and_gradient
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SHARPNESS_TOLERANCE = 1e-6  # relative change of the top Ritz value at which Lanczos stops
 
 
 @dataclass
@@ -102,6 +104,23 @@ def step_loss_and_gradient(
     return penalized_loss_and_gradient(objective, weight, penalty)
 
 
+def sharpness(
+    config: RunConfig, weight: torch.Tensor, data: FeatureMarginData, step: int
+) -> dict[str, float]:
+    """Top eigenvalue of the full-batch objective's Hessian at W (Lanczos; seeded by run and step)."""
+    inputs, labels, l2 = data.train.inputs, data.train.labels, config.train.l2
+
+    def objective(flat: torch.Tensor) -> torch.Tensor:
+        candidate = flat.view_as(weight)
+        return logistic_objective(cubic_outputs(candidate, inputs), labels, candidate, l2)
+
+    generator = torch.Generator().manual_seed(config.seed * 1_000_037 + step)
+    with torch.enable_grad():
+        hvp = flat_loss_hvp(objective, weight.flatten())
+        result = top_eigenvalues(hvp, weight.numel(), tol=SHARPNESS_TOLERANCE, generator=generator)
+    return {"sharpness": result.eigenvalues[0].item(), "sharpness_hvps": float(result.hvp_count)}
+
+
 def _momentum_buffer(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> torch.Tensor | None:
     if optimizer.defaults["momentum"] == 0:
         return None
@@ -135,9 +154,13 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         rows, start = state["rows"], state["step"]
 
+    steps, sharpness_every = config.train.steps, config.train.sharpness_every
+
     def measure(step: int, loss: torch.Tensor, gradient: torch.Tensor) -> None:
         with torch.no_grad():
             row = feature_margin_measurements(weight, data, gradient, _momentum_buffer(optimizer, weight))
+        if sharpness_every is not None and (step % sharpness_every == 0 or step == steps):
+            row.update(sharpness(config, weight.detach(), data, step))
         rows.append({"step": step, "train_loss": loss.item(), **row})
 
     def checkpoint(step: int) -> None:
@@ -150,9 +173,10 @@ def train(
             }
             atomic.save_torch(checkpoint_path, state)
 
-    steps = config.train.steps
     fast_path = config.train.batch_size is None and config.train.gradient_penalty == 0
     to_log = logged_steps(steps, config.train.log_every, config.train.log_geometric)
+    if sharpness_every is not None:
+        to_log |= set(range(0, steps + 1, sharpness_every))
     bar = tqdm(
         total=steps,
         initial=start,
