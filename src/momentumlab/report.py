@@ -31,8 +31,9 @@ class Panel:
 
 def plot_mean_band(axis: plt.Axes, curves: pd.DataFrame, column: str, label: str, color: str) -> None:
     """Mean over seeds of `column` against step, with the min–max band; `curves` has a 'seed' column."""
-    table = curves.pivot_table(index="step", columns="seed", values=column)
-    axis.plot(table.index, table.mean(axis=1), color=color, label=label, linewidth=1.8)
+    table = curves.dropna(subset=[column]).pivot_table(index="step", columns="seed", values=column)
+    marker = "o" if len(table) < 20 else None  # show where sparse measurements (e.g. sharpness) were taken
+    axis.plot(table.index, table.mean(axis=1), color=color, label=label, linewidth=1.8, marker=marker, ms=3)
     axis.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2, linewidth=0)
 
 

@@ -50,7 +50,7 @@ def run_config(label: str, seed: int, overrides: list[str] = ()) -> RunConfig:
     raw = {
         "seed": seed,
         "optimizer": OPTIMIZERS[label],
-        "train": {"steps": STEPS, "log_every": 50, "log_geometric": True},
+        "train": {"steps": STEPS, "log_every": 50, "log_geometric": True, "sharpness_every": 1000},
     }
     return validate(RunConfig, apply_overrides(raw, list(overrides)))
 
@@ -147,6 +147,7 @@ SUMMARY_COLUMNS = {
     "memorized_fraction_small": "small-margin train memorized (y·Ξ ≥ 1)",
     "noise_memorization_small": "mean y·Ξ over small-margin train",
     "noise_correlation_max": "max over i, j≠p, r of abs Ξ_{i,j,r}",
+    "sharpness": "sharpness λ_max(∇²L) at the end",
     "train_loss": "train loss",
 }
 
@@ -191,8 +192,10 @@ def run(store: RunStore, out_dir: Path, options: ReproductionOptions) -> Reprodu
                 Panel("train_loss", "training loss", "log"),
                 Panel("test_accuracy_large", "test accuracy, large margin"),
                 Panel("test_accuracy_small", "test accuracy, small margin"),
+                Panel("sharpness", "sharpness: top Hessian eigenvalue of L", "log"),
             ],
             out_dir / "training.png",
+            columns=4,
             title="GD vs GD+M (mean over seeds, band = min–max)",
         ),
         compare_panels(
