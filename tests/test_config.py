@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RAW, make_tiny_config, tiny_raw
+from pydantic import ValidationError
 
 from momentumlab.config import (
     ConfigError,
@@ -17,8 +19,6 @@ from momentumlab.config import (
     parse_override,
     validate,
 )
-
-from conftest import TINY_RAW, make_tiny_config, tiny_raw
 
 TINY_YAML = """\
 seed: 3
@@ -311,7 +311,7 @@ def test_a_date_value_in_a_file_is_a_config_error(tmp_path, name, text):
 
 def test_configs_are_frozen():
     config = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.seed = 5  # type: ignore[misc]
     assert config.seed == 0
 
@@ -365,6 +365,8 @@ CHANGES = [
     "train.steps=61",
     "train.batch_size=40",
     "train.l2=0.01",
+    "train.gradient_penalty=0.01",
+    "train.sharpness_every=7",
     "train.log_every=11",
     "train.log_geometric=true",
     "train.checkpoint_every=21",

@@ -16,8 +16,8 @@ from momentumlab.models.cubic_cnn import (
 
 N, P, D, M = 40, 3, 8, 4
 TOLERANCES = {
-    torch.float64: dict(rtol=1e-10, atol=1e-12),
-    torch.float32: dict(rtol=2e-4, atol=2e-5),
+    torch.float64: {"rtol": 1e-10, "atol": 1e-12},
+    torch.float32: {"rtol": 2e-4, "atol": 2e-5},
 }
 
 

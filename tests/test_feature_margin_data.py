@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from momentumlab.config import FeatureMarginDataConfig
 from momentumlab.data.feature_margin import make_feature_margin_data
 
-SMALL = dict(n_train=200, n_test=50, dim=8, patches=3, beta_margin=0.2, noise_std=0.5, small_margin_fraction=0.3)
+SMALL = {"n_train": 200, "n_test": 50, "dim": 8, "patches": 3, "beta_margin": 0.2, "noise_std": 0.5, "small_margin_fraction": 0.3}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from momentumlab.optim import (
     heavy_ball_to_ema,
 )
 
-TIGHT = dict(rtol=1e-12, atol=1e-12)
+TIGHT = {"rtol": 1e-12, "atol": 1e-12}
 
 # Fixed gradient sequence for the hand-computed checks (scalar parameter, x0 = 1).
 X0 = 1.0

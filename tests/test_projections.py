@@ -20,7 +20,7 @@ M, D, P = 4, 8, 3
 CONFIG = FeatureMarginDataConfig(
     n_train=60, n_test=40, dim=D, patches=P, beta_margin=0.2, noise_std=1.0, small_margin_fraction=0.3
 )
-TIGHT = dict(rel=1e-10, abs=1e-12)
+TIGHT = {"rel": 1e-10, "abs": 1e-12}
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,11 @@ from importlib import metadata
 import pandas as pd
 import pytest
 import torch
+from conftest import fail_on_step, raise_at
 
 from momentumlab.config import config_hash
 from momentumlab.store import RunStore, RunStoreError
 from momentumlab.train.loop import train
-
-from conftest import fail_on_step, raise_at
 
 MOMENTUM = ("optimizer.name=ema_momentum", "optimizer.momentum=0.9")
 DIVERGING = ("optimizer.lr=1e12", "model.init_std=1.0")  # finite at step 0, overflows float32 at step 1

@@ -7,11 +7,10 @@ import math
 import pandas as pd
 import pytest
 import torch
+from conftest import make_tiny_config, raise_at
 
 from momentumlab.models.cubic_cnn import logistic_objective
 from momentumlab.train.loop import build_data, build_model, minibatch_indices, train
-
-from conftest import make_tiny_config, raise_at
 
 FLOAT64 = ("train.dtype=float64",)
 

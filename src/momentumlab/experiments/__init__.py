@@ -8,7 +8,7 @@ from pathlib import Path
 
 from momentumlab import atomic
 from momentumlab.config import ConfigError
-from momentumlab.experiments import feature_margin, flatness_toy, momentum_variance
+from momentumlab.experiments import feature_margin, flatness_toy, heavy_ball_flow, momentum_variance
 from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
 from momentumlab.report import write_report
 from momentumlab.store import RunStore
@@ -24,7 +24,7 @@ class Reproduction:
 
 REPRODUCTIONS = {
     module.NAME: Reproduction(module.NAME, module.TITLE, True, module.run)
-    for module in (feature_margin, flatness_toy, momentum_variance)
+    for module in (feature_margin, heavy_ball_flow, flatness_toy, momentum_variance)
 }
 
 

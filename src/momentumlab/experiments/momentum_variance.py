@@ -22,8 +22,6 @@ comes from the spread of the per-chain time averages, the chains being independe
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from momentumlab.data.landscapes import NoisyQuadratic
 from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
 from momentumlab.report import claims_table
 from momentumlab.store import RunStore
+from momentumlab.threads import single_thread
 
 NAME = "momentum-variance"
 TITLE = "The momentum buffer's noise covariance is (1−β)/(1+β) times the gradient noise's (Ghosh et al.)"
@@ -103,19 +102,7 @@ class BufferStatistics:
         return torch.linalg.eigvalsh(self.whitened_covariance)
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Torch on one thread meanwhile: the (B·chains, d)×(d, d) products are too small to gain from threads,
-    and on a busy 2-core machine waiting for the second thread made this reproduction 10–30× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@_one_thread()
+@single_thread()
 def simulate(
     problem: NoisyQuadratic,
     betas: tuple[float, ...],

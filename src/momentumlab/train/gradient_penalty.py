@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import torch
 
+from momentumlab.probes.flows import regularized_loss
+
 
 def penalized_loss_and_gradient(
     loss_fn: Callable[[torch.Tensor], torch.Tensor], parameter: torch.Tensor, penalty: float
@@ -16,8 +18,6 @@ def penalized_loss_and_gradient(
     """(E(x) + λ‖∇E(x)‖², ∇[E + λ‖∇E‖²](x)) for a loss of one parameter tensor."""
     point = parameter.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = loss_fn(point)
-        (gradient,) = torch.autograd.grad(loss, point, create_graph=True)
-        penalized = loss + penalty * gradient.square().sum()  # E + λ‖∇E‖²
+        penalized = regularized_loss(loss_fn, penalty)(point)  # E + λ‖∇E‖²
         (penalized_gradient,) = torch.autograd.grad(penalized, point)
     return penalized.detach(), penalized_gradient
