@@ -66,9 +66,13 @@ def compare_panels(
         axis.axis("off")
     if title:
         figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def save_figure(figure: plt.Figure, path: Path) -> Path:
+    """Lay out `figure`, write it as a PNG atomically, close it, and return `path`."""
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    atomic.atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=120))
     plt.close(figure)
     return path
 

@@ -34,7 +34,7 @@ from momentumlab.data.landscapes import (
 )
 from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
 from momentumlab.probes.curvature import flat_loss_hvp, top_eigenvalues
-from momentumlab.report import claims_table
+from momentumlab.report import claims_table, save_figure
 from momentumlab.store import RunStore
 
 NAME = "flatness-toy"
@@ -138,9 +138,7 @@ def _plot_trajectories(paths: Tensor, path: Path) -> Path:
     axes[1].set_title(f"near the minima (dots: end points after {len(paths) - 1} steps)", fontsize=10)
     axes[0].legend(fontsize=8, loc="upper left")
     figure.suptitle(f"Heavy ball on E = ½(y − w1 w2 x)², effective step h/(1−β) = {EFFECTIVE_STEP}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 
@@ -166,9 +164,7 @@ def _plot_sharpness(closed_form: list[float], probe: list[float], flow: float, p
     axis.set_title("Sharpness of the minimum reached", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 

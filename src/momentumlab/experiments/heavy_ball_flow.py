@@ -48,7 +48,7 @@ from momentumlab.probes.flows import (
     plain_flow,
     regularized_loss,
 )
-from momentumlab.report import claims_table
+from momentumlab.report import claims_table, save_figure
 from momentumlab.store import RunStore
 from momentumlab.threads import single_thread
 
@@ -361,9 +361,7 @@ def _plot_orders(
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
     figure.suptitle(f"Heavy ball (β = {settings.beta}) against its modified flows: distance vs step size h")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 
@@ -390,9 +388,7 @@ def _plot_regularizer(frame: pd.DataFrame, title: str, path: Path) -> Path:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 

@@ -36,7 +36,7 @@ from momentumlab import atomic
 from momentumlab.claims import Claim
 from momentumlab.data.landscapes import NoisyQuadratic
 from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
-from momentumlab.report import claims_table
+from momentumlab.report import claims_table, save_figure
 from momentumlab.store import RunStore
 from momentumlab.threads import single_thread
 
@@ -199,9 +199,7 @@ def _plot(measured: dict[str, BufferStatistics], path: Path) -> Path:
         axis.set_xticks(one_minus.tolist(), [f"{1 - b:g}\n(β = {b})" for b in BETAS])
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 
