@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,16 @@ app = typer.Typer(
 StoreOption = Annotated[
     Path | None, typer.Option("--store", help="Run store folder (default: $MOMENTUMLAB_STORE or ./runs).")
 ]
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Dataset folder (default: $MOMENTUMLAB_DATA).")
+]
+
+
+class Scale(str, Enum):
+    full = "full"
+    smoke = "smoke"
+
+
 PER_NEURON = re.compile(r"_r\d+$")  # per-filter columns, left to `show`
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
 
@@ -73,6 +84,10 @@ def reproduce(
         list[str] | None, typer.Option("--set", help="key=value override for every run (repeatable).")
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any claim fails.")] = False,
+    scale: Annotated[
+        Scale, typer.Option("--scale", help="full: the paper's setting; smoke: a tiny subset, a few epochs.")
+    ] = Scale.full,
+    data_dir: DataDirOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Run reproductions and write figures, claims.json and one report.md."""
@@ -85,7 +100,13 @@ def reproduce(
         _fail(f"--seeds = {seeds!r}: expected comma-separated non-negative integers", 2)
     if seed_list is not None and any(seed < 0 for seed in seed_list):
         _fail(f"--seeds = {seeds!r}: seeds must be non-negative", 2)
-    options = ReproductionOptions(seeds=seed_list, overrides=tuple(overrides or ()), progress=progress)
+    options = ReproductionOptions(
+        seeds=seed_list,
+        overrides=tuple(overrides or ()),
+        progress=progress,
+        scale=scale.value,
+        data_dir=data_dir,
+    )
     try:
         results = run_reproductions(names or [], RunStore(store), out, options)
     except ConfigError as error:

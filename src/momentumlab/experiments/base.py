@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from momentumlab.claims import Claim
 
@@ -13,6 +14,8 @@ class ReproductionOptions:
     seeds: tuple[int, ...] | None = None  # None: the reproduction's default seeds
     overrides: tuple[str, ...] = ()  # dotted key=value applied to every run's config
     progress: bool = False
+    scale: Literal["full", "smoke"] = "full"  # smoke: a tiny subset and few epochs, for CI and a quick look
+    data_dir: Path | None = None  # where downloaded datasets live (None: $MOMENTUMLAB_DATA)
 
 
 @dataclass
