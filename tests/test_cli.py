@@ -33,14 +33,22 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ENV.pop("MOMENTUMLAB_STORE", None)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLAIM_IDS = {
-    "gd-fits-train", "gdm-fits-train", "gd-large-margin-test", "gdm-large-margin-test", "gdm-small-margin-test",
-    "gd-small-margin-test", "gdm-signal-reaches-inverse-beta", "gdm-signal-above-gd", "gd-memorizes-more",
+    "gd-fits-train",
+    "gdm-fits-train",
+    "gd-large-margin-test",
+    "gdm-large-margin-test",
+    "gdm-small-margin-test",
+    "gd-small-margin-test",
+    "gdm-signal-reaches-inverse-beta",
+    "gdm-signal-above-gd",
+    "gd-memorizes-more",
 }
 
 
 def launch(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [*CLI, *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -68,12 +76,30 @@ def session(tmp_path_factory):
     set_args = [arg for override in REPRODUCE_OVERRIDES for arg in ("--set", override)]
     started = {
         "run": launch("run", "tiny.yaml", *RUN_OVERRIDES, "--store", "store", cwd=folder),
-        "invalid": launch("run", "tiny.yaml", "optimizer.name=ema_momentum", "optimizer.momentum=1.5",
-                          "--store", "invalid-store", cwd=folder),
-        "unknown": launch("reproduce", "no-such-thing", "--out", "unknown-out", "--store", "unknown-store",
-                          cwd=folder),
-        "reproduce": launch("reproduce", "feature-margin", "--seeds", "0", *set_args, "--out", "out",
-                            "--store", "reproduce-store", cwd=folder),
+        "invalid": launch(
+            "run",
+            "tiny.yaml",
+            "optimizer.name=ema_momentum",
+            "optimizer.momentum=1.5",
+            "--store",
+            "invalid-store",
+            cwd=folder,
+        ),
+        "unknown": launch(
+            "reproduce", "no-such-thing", "--out", "unknown-out", "--store", "unknown-store", cwd=folder
+        ),
+        "reproduce": launch(
+            "reproduce",
+            "feature-margin",
+            "--seeds",
+            "0",
+            *set_args,
+            "--out",
+            "out",
+            "--store",
+            "reproduce-store",
+            cwd=folder,
+        ),
     }
     results = {"run": finish(started.pop("run"))}
     started["ls"] = launch("ls", "--store", "store", cwd=folder)
@@ -184,7 +210,9 @@ def test_invalid_override_exits_2_with_field_value_range_and_no_traceback(sessio
     folder, results = session
     result = results["invalid"]
     assert result.returncode == 2
-    assert result.stderr == "error: invalid config:\n  optimizer.momentum = 1.5: Input should be less than 1\n"
+    assert (
+        result.stderr == "error: invalid config:\n  optimizer.momentum = 1.5: Input should be less than 1\n"
+    )
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert not (folder / "invalid-store").exists()  # nothing was created
@@ -195,8 +223,10 @@ def test_invalid_override_exits_2_with_field_value_range_and_no_traceback(sessio
     [
         (["tiny.yaml", "optimizer.lr"], "error: override 'optimizer.lr' must look like key.path=value\n"),
         (["missing.yaml"], "error: config file 'missing.yaml' does not exist\n"),
-        (["tiny.yaml", "train.batch_size=500"],
-         "train.batch_size = 500 exceeds data.n_train = 400; allowed: 1..400 or null (full batch)"),
+        (
+            ["tiny.yaml", "train.batch_size=500"],
+            "train.batch_size = 500 exceeds data.n_train = 400; allowed: 1..400 or null (full batch)",
+        ),
     ],
     ids=["malformed-override", "missing-file", "batch-too-large"],
 )
@@ -233,7 +263,9 @@ def test_reproduce_feature_margin_writes_report_claims_and_figures(session):
     for claim in claims:
         assert {"id", "statement", "measured", "threshold", "passed"} <= set(claim)
         assert isinstance(claim["statement"], str) and claim["statement"]
-        compare = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__}[claim["comparison"]]
+        compare = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__}[
+            claim["comparison"]
+        ]
         measured = float(claim["measured"])
         assert claim["passed"] == (not math.isnan(measured) and compare(measured, float(claim["threshold"])))
     assert json.loads((out / "claims.json").read_text()) == {"feature-margin": claims}
@@ -261,7 +293,8 @@ def test_reproduce_feature_margin_writes_report_claims_and_figures(session):
 
     runs = RunStore(folder / "reproduce-store").list()
     assert sorted((row["optimizer"], row["seed"], row["steps"], row["status"]) for row in runs) == [
-        ("ema_momentum", 0, 40, "complete"), ("gd", 0, 40, "complete"),
+        ("ema_momentum", 0, 40, "complete"),
+        ("gd", 0, 40, "complete"),
     ]
     for run_id in (row["run_id"] for row in runs):
         assert f"`{run_id}`" in report
@@ -269,8 +302,13 @@ def test_reproduce_feature_margin_writes_report_claims_and_figures(session):
 
 # Big enough to take a few seconds on one thread, with checkpoints every 50 steps.
 KILLED_OVERRIDES = [
-    "data.n_train=4000", "data.n_test=400", "train.steps=1000", "train.log_every=50", "train.checkpoint_every=50",
-    "optimizer.name=ema_momentum", "optimizer.momentum=0.9",
+    "data.n_train=4000",
+    "data.n_test=400",
+    "train.steps=1000",
+    "train.log_every=50",
+    "train.checkpoint_every=50",
+    "optimizer.name=ema_momentum",
+    "optimizer.momentum=0.9",
 ]
 
 
@@ -282,8 +320,13 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     def start(store: str, log: str) -> subprocess.Popen:
         with open(tmp_path / log, "w") as stream:
-            return subprocess.Popen([*CLI, *args, "--store", store], cwd=tmp_path, env=ENV, stdout=stream,
-                                    stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [*CLI, *args, "--store", store],
+                cwd=tmp_path,
+                env=ENV,
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+            )
 
     # The uninterrupted reference trains in parallel, in a second store.
     reference = start("reference", "reference.log")
@@ -312,8 +355,15 @@ def check_kill_and_resume(tmp_path, args, run_folder, reference, victim):
     assert not (run_folder / "metrics.csv").exists()
     assert not RunStore(tmp_path / "killed").get(run_folder.name).finished
 
-    resumed = subprocess.run([*CLI, *args, "--store", "killed"], cwd=tmp_path, env=ENV, capture_output=True,
-                             text=True, timeout=120, check=False)
+    resumed = subprocess.run(
+        [*CLI, *args, "--store", "killed"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.startswith(f"run {run_folder.name}: complete")
     status = json.loads((run_folder / "status.json").read_text())
@@ -326,7 +376,34 @@ def check_kill_and_resume(tmp_path, args, run_folder, reference, victim):
     assert json.loads((reference_folder / "status.json").read_text())["resumed_from_step"] == 0
     killed_metrics = pd.read_csv(run_folder / "metrics.csv")
     assert killed_metrics["step"].tolist() == list(range(0, 1001, 50))
-    pd.testing.assert_frame_equal(killed_metrics, pd.read_csv(reference_folder / "metrics.csv"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        killed_metrics, pd.read_csv(reference_folder / "metrics.csv"), check_exact=True
+    )
     assert (run_folder / "metrics.csv").read_bytes() == (reference_folder / "metrics.csv").read_bytes()
     killed_weights = torch.load(run_folder / "weights.pt", weights_only=True)["weight"]
-    assert torch.equal(killed_weights, torch.load(reference_folder / "weights.pt", weights_only=True)["weight"])
+    assert torch.equal(
+        killed_weights, torch.load(reference_folder / "weights.pt", weights_only=True)["weight"]
+    )
+
+
+def test_data_fetch_rejects_an_unknown_dataset(tmp_path):
+    result = CliRunner().invoke(app, ["data", "fetch", "mnist", "--dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "dataset 'mnist' is not downloadable; allowed: cifar10, cifar100" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_data_fetch_reports_a_download_failure_without_traceback(tmp_path, monkeypatch):
+    from momentumlab.data import fetch
+
+    source = fetch.DATASETS["cifar10"]
+    # An address on this machine where nothing listens: the download fails at once, no network is used.
+    monkeypatch.setitem(
+        fetch.DATASETS,
+        "cifar10",
+        fetch.ArchiveSource("http://127.0.0.1:9/x.tar.gz", source.md5, source.folder),
+    )
+    result = CliRunner().invoke(app, ["data", "fetch", "cifar10", "--dir", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ")
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -125,6 +125,29 @@ def reproduce(
         raise typer.Exit(1)
 
 
+data_app = typer.Typer(help="Datasets that must be downloaded (loaded from a local folder at run time).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def fetch(
+    name: Annotated[str, typer.Argument(help="cifar10 or cifar100.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Folder to download and extract into.")],
+    progress: ProgressOption = True,
+) -> None:
+    """Download an official archive (resumable), verify its checksum and extract it atomically."""
+    from momentumlab.data.fetch import DATASETS, fetch_dataset
+    from momentumlab.data.images import DatasetError
+
+    if name not in DATASETS:
+        _fail(f"dataset {name!r} is not downloadable; allowed: {', '.join(DATASETS)}", 2)
+    try:
+        folder = fetch_dataset(name, directory, progress=progress)
+    except DatasetError as error:
+        _fail(str(error), 1)
+    typer.echo(f"{name}: {folder}")
+
+
 @app.command("ls")
 def list_runs(store: StoreOption = None) -> None:
     """List the runs in the store, newest first."""

@@ -12,7 +12,10 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from momentumlab.data.images import ImageData, ImageSet
+
 PIXEL_MAX = 16.0  # the raw pixels are integers 0..16
+NUM_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -46,4 +49,15 @@ def load_digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> DigitsData
     return DigitsData(
         train=DigitsSet(images[train_index], labels[train_index]),
         test=DigitsSet(images[test_index], labels[test_index]),
+    )
+
+
+def load_digits_images(test_fraction: float = 0.2, seed: int = 0) -> ImageData:
+    """The same split as :func:`load_digits_dataset`, as the image pipelines' :class:`ImageData`."""
+    data = load_digits_dataset(test_fraction, seed)
+    return ImageData(
+        name="digits",
+        train=ImageSet.clean(data.train.inputs, data.train.labels),
+        test=ImageSet.clean(data.test.inputs, data.test.labels),
+        num_classes=NUM_CLASSES,
     )

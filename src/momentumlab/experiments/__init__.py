@@ -8,7 +8,13 @@ from pathlib import Path
 
 from momentumlab import atomic
 from momentumlab.config import ConfigError
-from momentumlab.experiments import feature_margin, flatness_toy, heavy_ball_flow, momentum_variance
+from momentumlab.experiments import (
+    diffusion,
+    feature_margin,
+    flatness_toy,
+    heavy_ball_flow,
+    momentum_variance,
+)
 from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
 from momentumlab.report import write_report
 from momentumlab.store import RunStore
@@ -22,9 +28,10 @@ class Reproduction:
     run: Callable[[RunStore, Path, ReproductionOptions], ReproductionResult]
 
 
+MODULES = (feature_margin, heavy_ball_flow, flatness_toy, momentum_variance, diffusion)
 REPRODUCTIONS = {
-    module.NAME: Reproduction(module.NAME, module.TITLE, True, module.run)
-    for module in (feature_margin, heavy_ball_flow, flatness_toy, momentum_variance)
+    module.NAME: Reproduction(module.NAME, module.TITLE, getattr(module, "CPU_SIZED", True), module.run)
+    for module in MODULES
 }
 
 
