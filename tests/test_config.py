@@ -75,7 +75,12 @@ dtype = "float64"
 # The same config as TINY_YAML, as Python data with every section and key in a different order.
 TINY_DICT_REORDERED = {
     "train": {
-        "dtype": "float64", "checkpoint_every": 20, "log_every": 10, "l2": 0.001, "batch_size": 40, "steps": 60,
+        "dtype": "float64",
+        "checkpoint_every": 20,
+        "log_every": 10,
+        "l2": 0.001,
+        "batch_size": 40,
+        "steps": 60,
     },
     "optimizer": {"momentum": 0.9, "lr": 0.25, "name": "ema_momentum"},
     "model": {"init_std": 0.1, "width": 4},
@@ -109,7 +114,12 @@ def test_defaults_validate_to_the_documented_values():
     assert validate(RunConfig, {}) == config
     assert load_run_config(None) == config
     assert config.seed == 0
-    assert (config.data.n_train, config.data.n_test, config.data.dim, config.data.patches) == (20000, 2000, 30, 5)
+    assert (config.data.n_train, config.data.n_test, config.data.dim, config.data.patches) == (
+        20000,
+        2000,
+        30,
+        5,
+    )
     assert config.data.alpha is None
     assert config.data.large_margin == pytest.approx(30**0.49)
     assert (config.model.width, config.model.init_std) == (5, 0.05)
@@ -163,7 +173,13 @@ def test_overrides_set_nested_values_with_yaml_types(tmp_path):
     path = write(tmp_path, "run.yaml", TINY_YAML)
     config = load_run_config(
         path,
-        ["optimizer.lr=0.1", "train.batch_size=null", "seed=11", "optimizer.name=heavy_ball", "data.alpha=null"],
+        [
+            "optimizer.lr=0.1",
+            "train.batch_size=null",
+            "seed=11",
+            "optimizer.name=heavy_ball",
+            "data.alpha=null",
+        ],
     )
     assert config.optimizer.lr == 0.1 and isinstance(config.optimizer.lr, float)
     assert config.train.batch_size is None
@@ -222,7 +238,12 @@ def test_override_into_a_value_is_rejected(tmp_path):
         ("data.dim=1", "data.dim", "1", "greater than or equal to 2"),
         ("model.init_std=0", "model.init_std", "0", "greater than 0"),
         ("seed=-1", "seed", "-1", "greater than or equal to 0"),
-        ("optimizer.name=adam", "optimizer.name", "'adam'", "'gd', 'ema_momentum', 'heavy_ball' or 'nesterov'"),
+        (
+            "optimizer.name=adam",
+            "optimizer.name",
+            "'adam'",
+            "'gd', 'ema_momentum', 'heavy_ball' or 'nesterov'",
+        ),
         ("train.dtype=float16", "train.dtype", "'float16'", "'float32' or 'float64'"),
         ("train.device=tpu", "train.device", "'tpu'", "cpu|cuda"),
         ("train.steps=1.5", "train.steps", "1.5", "valid integer"),
@@ -263,7 +284,10 @@ def test_gd_with_momentum_is_rejected():
     assert "momentum = 0.5 is not allowed with name = 'gd'" in message
     assert "ema_momentum" in message  # says what to use instead
     # With a momentum rule the same value is fine, and GD with momentum 0 is fine.
-    assert load_run_config(None, ["optimizer.name=ema_momentum", "optimizer.momentum=0.5"]).optimizer.momentum == 0.5
+    assert (
+        load_run_config(None, ["optimizer.name=ema_momentum", "optimizer.momentum=0.5"]).optimizer.momentum
+        == 0.5
+    )
     assert load_run_config(None, ["optimizer.momentum=0"]).optimizer.name == "gd"
 
 
@@ -301,7 +325,9 @@ def test_unparsable_files_are_rejected(tmp_path, name, text, expected):
     assert str(path) in str(caught.value)
 
 
-@pytest.mark.parametrize(("name", "text"), [("date.yaml", "seed: 2020-01-01\n"), ("date.toml", "seed = 2020-01-01\n")])
+@pytest.mark.parametrize(
+    ("name", "text"), [("date.yaml", "seed: 2020-01-01\n"), ("date.toml", "seed = 2020-01-01\n")]
+)
 def test_a_date_value_in_a_file_is_a_config_error(tmp_path, name, text):
     # YAML and TOML both parse 2020-01-01 as a date, which is not JSON data.
     with pytest.raises(ConfigError) as caught:
@@ -331,16 +357,35 @@ def test_hash_is_equal_for_equal_configs_built_differently(tmp_path):
     from_dict = validate(RunConfig, TINY_DICT_REORDERED)
     from_overrides = load_run_config(
         None,
-        ["seed=3", "data.n_train=400", "data.n_test=200", "data.dim=10", "data.patches=3", "data.alpha=4.0",
-         "model.width=4", "model.init_std=0.1", "optimizer.name=ema_momentum", "optimizer.lr=0.25",
-         "optimizer.momentum=0.9", "train.steps=60", "train.batch_size=40", "train.l2=0.001",
-         "train.log_every=10", "train.checkpoint_every=20", "train.dtype=float64"],
+        [
+            "seed=3",
+            "data.n_train=400",
+            "data.n_test=200",
+            "data.dim=10",
+            "data.patches=3",
+            "data.alpha=4.0",
+            "model.width=4",
+            "model.init_std=0.1",
+            "optimizer.name=ema_momentum",
+            "optimizer.lr=0.25",
+            "optimizer.momentum=0.9",
+            "train.steps=60",
+            "train.batch_size=40",
+            "train.l2=0.001",
+            "train.log_every=10",
+            "train.checkpoint_every=20",
+            "train.dtype=float64",
+        ],
     )
     # Spelling defaults out explicitly, or giving an int where a float is expected, changes nothing.
-    explicit = validate(RunConfig, TINY_DICT_REORDERED | {"model": {"init_std": 0.1, "width": 4, "kind": "cubic_cnn"}})
+    explicit = validate(
+        RunConfig, TINY_DICT_REORDERED | {"model": {"init_std": 0.1, "width": 4, "kind": "cubic_cnn"}}
+    )
     hashes = {config_hash(c) for c in (from_yaml, from_toml, from_dict, from_overrides, explicit)}
     assert len(hashes) == 1
-    assert config_hash(RunConfig()) == config_hash(validate(RunConfig, {"optimizer": {"lr": 0.5, "momentum": 0}}))
+    assert config_hash(RunConfig()) == config_hash(
+        validate(RunConfig, {"optimizer": {"lr": 0.5, "momentum": 0}})
+    )
     assert config_hash(validate(RunConfig, {"optimizer": {"lr": 1}})) == config_hash(
         validate(RunConfig, {"optimizer": {"lr": 1.0}})
     )

@@ -72,8 +72,12 @@ def test_forward_equals_triple_loop():
         model.weight.copy_(weight)
     outputs = model(inputs)
     assert outputs.shape == (N,)
-    torch.testing.assert_close(outputs.detach(), torch.tensor(_loop_outputs(weight, inputs), dtype=torch.float64),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        outputs.detach(),
+        torch.tensor(_loop_outputs(weight, inputs), dtype=torch.float64),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def test_forward_single_example_by_hand():
@@ -84,8 +88,9 @@ def test_forward_single_example_by_hand():
     inputs = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]], dtype=torch.float64)
     # ⟨w1, X1⟩ = 1, ⟨w1, X2⟩ = 3, ⟨w2, X1⟩ = −0.5, ⟨w2, X2⟩ = −0.5
     expected = 1.0 + 27.0 - 0.125 - 0.125
-    torch.testing.assert_close(model(inputs).detach(), torch.tensor([expected], dtype=torch.float64),
-                               rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(
+        model(inputs).detach(), torch.tensor([expected], dtype=torch.float64), rtol=1e-14, atol=1e-14
+    )
 
 
 def test_init_is_gaussian_with_generator():
@@ -183,7 +188,8 @@ def test_full_batch_objective_repeated_calls(l2):
         torch.testing.assert_close(loss, ref_loss, **TOLERANCES[torch.float64])
         torch.testing.assert_close(gradient, ref_gradient, **TOLERANCES[torch.float64])
         torch.testing.assert_close(
-            objective.outputs, torch.tensor(_loop_outputs(weight, inputs), dtype=torch.float64),
+            objective.outputs,
+            torch.tensor(_loop_outputs(weight, inputs), dtype=torch.float64),
             **TOLERANCES[torch.float64],
         )
         results.append((loss.item(), gradient.clone()))

@@ -11,7 +11,15 @@ from pydantic import ValidationError
 from momentumlab.config import FeatureMarginDataConfig
 from momentumlab.data.feature_margin import make_feature_margin_data
 
-SMALL = {"n_train": 200, "n_test": 50, "dim": 8, "patches": 3, "beta_margin": 0.2, "noise_std": 0.5, "small_margin_fraction": 0.3}
+SMALL = {
+    "n_train": 200,
+    "n_test": 50,
+    "dim": 8,
+    "patches": 3,
+    "beta_margin": 0.2,
+    "noise_std": 0.5,
+    "small_margin_fraction": 0.3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +77,7 @@ def _signal_loop_max_error(data, alpha: float, beta: float) -> float:
 
 
 def test_signal_patch_is_margin_times_feature(small_data):
-    """X[p] = c·w* with c = α y (α = d^0.49 = 8^0.49 by default) or β y, checked example by example.
-    """
+    """X[p] = c·w* with c = α y (α = d^0.49 = 8^0.49 by default) or β y, checked example by example."""
     assert _signal_loop_max_error(small_data, alpha=8**0.49, beta=0.2) < 1e-12
     # a wrong margin (e.g. α and β swapped, or α = √d) is far off
     assert _signal_loop_max_error(small_data, alpha=0.2, beta=8**0.49) > 0.1
@@ -91,11 +98,17 @@ def test_explicit_alpha_is_used():
     data = make_feature_margin_data(config, seed=0)
     split = data.train
     signal = split.inputs[torch.arange(len(split)), split.signal_position] @ data.feature
-    expected = torch.tensor([0.2 if small else 1.5 for small in split.is_small_margin.tolist()],
-                            dtype=torch.float64) * split.labels
+    expected = (
+        torch.tensor([0.2 if small else 1.5 for small in split.is_small_margin.tolist()], dtype=torch.float64)
+        * split.labels
+    )
     torch.testing.assert_close(signal, expected, rtol=0, atol=1e-12)
-    torch.testing.assert_close(signal[~split.is_small_margin].abs(),
-                               torch.full_like(signal[~split.is_small_margin], 1.5), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        signal[~split.is_small_margin].abs(),
+        torch.full_like(signal[~split.is_small_margin], 1.5),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_default_alpha_is_d_to_the_0_49():
@@ -153,9 +166,13 @@ def test_small_margin_fraction_close_to_mu(large_data):
 
 def test_mu_zero_and_one():
     """μ = 0 gives no small-margin example, μ = 1 only small-margin examples (β = 0.2 on the signal)."""
-    none = make_feature_margin_data(FeatureMarginDataConfig(**{**SMALL, "small_margin_fraction": 0.0}), seed=2)
+    none = make_feature_margin_data(
+        FeatureMarginDataConfig(**{**SMALL, "small_margin_fraction": 0.0}), seed=2
+    )
     assert not none.train.is_small_margin.any()
-    every = make_feature_margin_data(FeatureMarginDataConfig(**{**SMALL, "small_margin_fraction": 1.0}), seed=2)
+    every = make_feature_margin_data(
+        FeatureMarginDataConfig(**{**SMALL, "small_margin_fraction": 1.0}), seed=2
+    )
     assert every.train.is_small_margin.all()
     signal = every.train.inputs[torch.arange(200), every.train.signal_position] @ every.feature
     torch.testing.assert_close(signal.abs(), torch.full((200,), 0.2, dtype=torch.float64), rtol=0, atol=1e-12)

@@ -143,9 +143,7 @@ def test_ema_buffer_starts_at_zero():
     optimizer.step()
     expected_buffer = torch.tensor([0.2 * 0.4, 0.2 * -1.5, 0.2 * 2.0], dtype=torch.float64)
     torch.testing.assert_close(optimizer.state[parameter]["momentum_buffer"], expected_buffer, **TIGHT)
-    expected_x = torch.tensor(
-        [1.0 - 0.3 * 0.08, -2.0 - 0.3 * -0.3, 3.0 - 0.3 * 0.4], dtype=torch.float64
-    )
+    expected_x = torch.tensor([1.0 - 0.3 * 0.08, -2.0 - 0.3 * -0.3, 3.0 - 0.3 * 0.4], dtype=torch.float64)
     torch.testing.assert_close(parameter.detach(), expected_x, **TIGHT)
 
 
@@ -307,7 +305,12 @@ def test_parameters_without_grad_are_untouched_and_closure_is_returned():
 
 @pytest.mark.parametrize(
     "name,momentum,expected_type",
-    [("gd", 0.0, GD), ("ema_momentum", 0.9, EMAMomentum), ("heavy_ball", 0.8, HeavyBall), ("nesterov", 0.7, Nesterov)],
+    [
+        ("gd", 0.0, GD),
+        ("ema_momentum", 0.9, EMAMomentum),
+        ("heavy_ball", 0.8, HeavyBall),
+        ("nesterov", 0.7, Nesterov),
+    ],
 )
 def test_build_optimizer_from_config(name, momentum, expected_type):
     """build_optimizer returns exactly the named class with the config's lr and momentum."""
@@ -356,6 +359,4 @@ def test_invalid_momentum_raises(optimizer_type, momentum):
 def test_boundary_momentum_zero_is_gd(optimizer_type):
     """momentum = 0 is allowed and reduces every rule to GD: x1 = x0 − η g, x2 = x1 − η g2."""
     iterates, _, _ = _run_fixed_gradients(optimizer_type, lr=LR, momentum=0.0)
-    torch.testing.assert_close(
-        _f64(iterates), _f64([0.95, 0.93, 0.96]), **TIGHT
-    )
+    torch.testing.assert_close(_f64(iterates), _f64([0.95, 0.93, 0.96]), **TIGHT)

@@ -190,7 +190,9 @@ def test_group_accuracies_by_hand():
     outputs = torch.tensor([2.0, 1.0, 0.5, -3.0, -0.1], dtype=torch.float64)
     # correct: yes, no, yes, yes, no → overall 3/5, large (0, 1, 4) 1/3, small (2, 3) 2/2
     result = group_accuracies(outputs, split, "x")
-    assert result == pytest.approx({"x_accuracy": 0.6, "x_accuracy_large": 1 / 3, "x_accuracy_small": 1.0}, rel=1e-12)
+    assert result == pytest.approx(
+        {"x_accuracy": 0.6, "x_accuracy_large": 1 / 3, "x_accuracy_small": 1.0}, rel=1e-12
+    )
 
 
 def test_group_accuracies_empty_group_is_nan():
@@ -207,7 +209,9 @@ def test_means_are_float64_exact(setup):
     data, weight, gradient, buffer = setup
     totals, _ = _loop_total_noise(weight, data.train)
     memorization = [
-        y * xi for y, xi, s in zip(data.train.labels.tolist(), totals, data.train.is_small_margin.tolist()) if s
+        y * xi
+        for y, xi, s in zip(data.train.labels.tolist(), totals, data.train.is_small_margin.tolist())
+        if s
     ]
     row = feature_margin_measurements(weight, data, gradient, buffer)
     overall, _, _ = _loop_accuracies(_loop_outputs(weight, data.train), data.train)

@@ -35,7 +35,11 @@ def test_run_writes_config_status_metrics_weights_and_environment(store, tiny_co
     assert stored.run_id == config_hash(config)
     assert stored.folder == store.root / "runs" / stored.run_id
     assert sorted(p.name for p in stored.folder.iterdir() if not p.name.startswith(".")) == [
-        "config.json", "environment.json", "metrics.csv", "status.json", "weights.pt",
+        "config.json",
+        "environment.json",
+        "metrics.csv",
+        "status.json",
+        "weights.pt",
     ]  # the checkpoint is gone once the run is finished
     assert stored.finished
     assert read_json(stored.folder / "config.json") == config.model_dump(mode="json")
@@ -182,7 +186,12 @@ def test_list_returns_indexed_runs_with_their_status(store, tiny_config):
     assert set(rows) == {config_hash(gd), config_hash(momentum)}
     row = rows[config_hash(momentum)]
     assert (row["status"], row["optimizer"], row["lr"], row["momentum"], row["seed"], row["steps"]) == (
-        "complete", "ema_momentum", 0.5, 0.9, 4, 30,
+        "complete",
+        "ema_momentum",
+        0.5,
+        0.9,
+        4,
+        30,
     )
     assert json.loads(row["config"]) == momentum.model_dump(mode="json")
     assert json.loads(row["final"]) == store.get(config_hash(momentum)).final()
@@ -252,3 +261,25 @@ def test_default_root_comes_from_the_environment(tmp_path, monkeypatch):
     assert store.root == tmp_path / "elsewhere"
     assert (tmp_path / "elsewhere" / "index.sqlite").is_file()
     assert (tmp_path / "elsewhere" / "runs").is_dir()
+
+
+def test_an_image_run_is_stored_and_reused(store, tmp_path):
+    """ImageRunConfig runs go through the same store: trained once, then returned from disk."""
+    from momentumlab.config import ImageRunConfig
+
+    config = ImageRunConfig.model_validate(
+        {
+            "data": {"name": "digits", "train_size": 64, "test_size": 32},
+            "model": {"name": "small_cnn", "width": 4},
+            "optimizer": {"name": "ema_momentum", "lr": 0.1, "momentum": 0.9},
+            "train": {"epochs": 3, "chunk_size": 32},
+        }
+    )
+    stored = store.run(config)
+    assert stored.status["status"] == "complete"
+    assert stored.run_id == config_hash(config)
+    assert isinstance(store.get(stored.run_id).config, ImageRunConfig)
+    assert stored.metrics()["epoch"].tolist()[-1] == 3
+    assert store.run(config, on_step=fail_on_step).status == stored.status
+    (row,) = [r for r in store.list() if r["run_id"] == stored.run_id]
+    assert (row["optimizer"], row["steps"]) == ("ema_momentum", 3)

@@ -70,7 +70,9 @@ def assert_rows_match_reference(record, history, data, config):
         assert row["gradient_signal"] == pytest.approx((gradient @ feature)[best].item(), rel=1e-7, abs=1e-12)
         expected_momentum = 0.0 if config.optimizer.name == "gd" else (buffer @ feature)[best].item()
         assert row["momentum_signal"] == pytest.approx(expected_momentum, rel=1e-7, abs=1e-12)
-        assert row["train_accuracy"] == pytest.approx(accuracy, abs=1e-6)  # a fraction of 400: steps of 2.5e-3
+        assert row["train_accuracy"] == pytest.approx(
+            accuracy, abs=1e-6
+        )  # a fraction of 400: steps of 2.5e-3
 
 
 def frame(rows):
@@ -93,9 +95,22 @@ def test_train_is_complete_and_logs_every_log_every_steps_and_the_last():
     first, last = record.rows[0], record.rows[-1]
     assert last["train_loss"] < first["train_loss"]  # lr 0.5 GD on this data does learn
     expected_columns = {
-        "step", "train_loss", "train_accuracy", "train_accuracy_large", "train_accuracy_small", "test_accuracy",
-        "test_accuracy_large", "test_accuracy_small", "signal_max", "gradient_signal", "momentum_signal",
-        "gradient_norm", "nu_large", "nu_small", "noise_memorization_small", "memorized_fraction_small",
+        "step",
+        "train_loss",
+        "train_accuracy",
+        "train_accuracy_large",
+        "train_accuracy_small",
+        "test_accuracy",
+        "test_accuracy_large",
+        "test_accuracy_small",
+        "signal_max",
+        "gradient_signal",
+        "momentum_signal",
+        "gradient_norm",
+        "nu_large",
+        "nu_small",
+        "noise_memorization_small",
+        "memorized_fraction_small",
         "noise_correlation_max",
     } | {f"{name}_r{r}" for name in ("signal", "gradient_signal", "momentum_signal") for r in range(4)}
     assert set(last) == expected_columns
@@ -153,11 +168,15 @@ def test_full_batch_training_equals_an_autograd_reference_loop(optimizer):
 
 def test_ema_momentum_buffer_starts_at_zero_not_at_the_first_gradient():
     """GD+M's first step is η(1−γ)∇L(W0), not η∇L(W0) as torch's SGD(dampening=γ) would take."""
-    config = make_tiny_config(*FLOAT64, "optimizer.name=ema_momentum", "optimizer.momentum=0.9", "train.steps=1")
+    config = make_tiny_config(
+        *FLOAT64, "optimizer.name=ema_momentum", "optimizer.momentum=0.9", "train.steps=1"
+    )
     record = train(config)
     _, history, _ = reference_run(config)
     _, initial, gradient, _ = history[0]
-    torch.testing.assert_close(record.weights["weight"], initial - 0.5 * 0.1 * gradient, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        record.weights["weight"], initial - 0.5 * 0.1 * gradient, rtol=1e-12, atol=1e-14
+    )
     assert record.rows[1]["momentum_signal"] != 0.0
     assert record.rows[0]["momentum_signal"] == 0.0
 
@@ -166,7 +185,10 @@ def test_ema_momentum_buffer_starts_at_zero_not_at_the_first_gradient():
 def test_minibatch_training_equals_an_autograd_reference_loop(optimizer):
     momentum = "0.9" if optimizer == "ema_momentum" else "0"
     config = make_tiny_config(
-        *FLOAT64, f"optimizer.name={optimizer}", f"optimizer.momentum={momentum}", "train.batch_size=32",
+        *FLOAT64,
+        f"optimizer.name={optimizer}",
+        f"optimizer.momentum={momentum}",
+        "train.batch_size=32",
         "train.l2=0.001",
     )
     record = train(config)
@@ -176,8 +198,11 @@ def test_minibatch_training_equals_an_autograd_reference_loop(optimizer):
     # Logged rows are full-batch measurements at W(t), not minibatch losses.
     assert_rows_match_reference(record, history, data, config)
     # Minibatch training really differs from full-batch training with the same settings.
-    full_batch = train(make_tiny_config(*FLOAT64, f"optimizer.name={optimizer}", f"optimizer.momentum={momentum}",
-                                        "train.l2=0.001"))
+    full_batch = train(
+        make_tiny_config(
+            *FLOAT64, f"optimizer.name={optimizer}", f"optimizer.momentum={momentum}", "train.l2=0.001"
+        )
+    )
     assert not torch.allclose(full_batch.weights["weight"], record.weights["weight"], rtol=1e-4, atol=1e-6)
 
 
@@ -230,7 +255,10 @@ def test_huge_learning_rate_diverges_without_raising():
 
 def test_divergence_with_momentum_and_minibatches_is_detected():
     config = make_tiny_config(
-        "optimizer.name=ema_momentum", "optimizer.momentum=0.9", "optimizer.lr=1e14", "model.init_std=1.0",
+        "optimizer.name=ema_momentum",
+        "optimizer.momentum=0.9",
+        "optimizer.lr=1e14",
+        "model.init_std=1.0",
         "train.batch_size=50",
     )
     record = train(config)
@@ -260,7 +288,9 @@ INTERRUPTIONS = [(5, 0), (19, 0), (20, 20), (21, 20), (30, 20), (39, 20), (40, 4
 
 @pytest.mark.parametrize("mode", list(RESUMABLE))
 @pytest.mark.parametrize(("stop", "resumes_from"), INTERRUPTIONS)
-def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, uninterrupted, mode, stop, resumes_from):
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
+    tmp_path, uninterrupted, mode, stop, resumes_from
+):
     config = make_tiny_config(*RESUMABLE[mode])
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(RuntimeError, match=f"interrupted at step {stop}"):

@@ -200,3 +200,94 @@ def load_run_config(path: Path | None, overrides: list[str] = ()) -> RunConfig:
     """Load a :class:`RunConfig` from a file (or the defaults) with overrides applied."""
     raw = load_raw(path) if path is not None else {}
     return validate(RunConfig, apply_overrides(raw, list(overrides)))
+
+
+class LRScheduleConfig(StrictModel):
+    """The learning-rate factor per epoch (see :mod:`momentumlab.optim.lr_schedules`)."""
+
+    name: Literal["constant", "cosine", "multistep"] = "constant"
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from 1/(w+1) to 1 over this many epochs")
+    final_factor: float = Field(0.0, ge=0, le=1, description="cosine: the factor it decays to")
+    milestones: tuple[int, ...] = Field((), description="multistep: epochs at which the factor is × gamma")
+    gamma: float = Field(0.1, gt=0, le=1, description="multistep: the decay per milestone")
+
+    @model_validator(mode="after")
+    def _milestones_increase(self) -> LRScheduleConfig:
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            raise ValueError(f"milestones = {list(self.milestones)} must be strictly increasing epochs ≥ 1")
+        return self
+
+
+class ImageDataConfig(StrictModel):
+    """An image classification dataset, optionally subsampled and with a small-margin (corrupted) part."""
+
+    name: Literal["cifar10", "cifar100", "digits"] = "cifar10"
+    corrupted_fraction: float = Field(
+        0.0, ge=0, lt=1, description="fraction of train and of test images made small-margin (Figure 4: 0.1)"
+    )
+    noise_variance: float = Field(0.005, ge=0, description="variance of the corruption's Gaussian noise")
+    downsample: int = Field(2, ge=1, description="the corruption lowers the resolution by this factor")
+    train_size: int | None = Field(None, ge=1, description="random training subset; null means all")
+    test_size: int | None = Field(None, ge=1, description="random test subset; null means all")
+    seed: int | None = Field(None, ge=0, description="data seed (split, subsets, corruption); null: run's")
+
+
+class ImageModelConfig(StrictModel):
+    """Which image classifier; `norm` applies to the residual networks (the paper's Figure 1: none)."""
+
+    name: Literal["resnet18", "wide_resnet16", "small_cnn"] = "resnet18"
+    widen_factor: int = Field(8, ge=1, le=16, description="k of WRN-16-k")
+    width: int = Field(16, ge=1, description="channels of the small CNN")
+    norm: Literal["none", "batch"] = "none"
+
+    @model_validator(mode="after")
+    def _small_cnn_has_no_norm(self) -> ImageModelConfig:
+        if self.name == "small_cnn" and self.norm != "none":
+            raise ValueError(f"norm = {self.norm!r} is not available for small_cnn; allowed: 'none'")
+        return self
+
+
+class ImageTrainConfig(StrictModel):
+    """How an image classifier is trained: epochs, batches, regularization, schedule, device."""
+
+    epochs: int = Field(300, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="null means full batch (one step per epoch)")
+    chunk_size: int = Field(1000, ge=1, description="examples per forward/backward pass (memory bound)")
+    weight_decay: float = Field(0.0, ge=0, description="coupled L2: adds (wd/2)‖θ‖² to the loss")
+    lr_schedule: LRScheduleConfig = LRScheduleConfig()
+    log_every_epochs: int = Field(1, ge=1)
+    checkpoint_every_epochs: int = Field(1, ge=1)
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    bf16: bool = Field(True, description="bfloat16 autocast for forward and loss (CUDA only)")
+    channels_last: bool = Field(True, description="channels-last memory format (CUDA only)")
+
+
+class ImageRunConfig(StrictModel):
+    """Everything that determines one image-classification run."""
+
+    seed: int = Field(0, ge=0)
+    data: ImageDataConfig = ImageDataConfig()
+    model: ImageModelConfig = ImageModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig(lr=0.1)
+    train: ImageTrainConfig = ImageTrainConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImageRunConfig:
+        batch, train_size = self.train.batch_size, self.data.train_size
+        if batch is not None and train_size is not None and batch > train_size:
+            raise ValueError(
+                f"train.batch_size = {batch} exceeds data.train_size = {train_size}; "
+                f"allowed: 1..{train_size} or null (full batch)"
+            )
+        milestones = self.train.lr_schedule.milestones
+        if milestones and milestones[-1] >= self.train.epochs:
+            raise ValueError(
+                f"train.lr_schedule.milestones = {list(milestones)} must lie below train.epochs = "
+                f"{self.train.epochs}"
+            )
+        if self.train.lr_schedule.warmup_epochs >= self.train.epochs:
+            raise ValueError(
+                f"train.lr_schedule.warmup_epochs = {self.train.lr_schedule.warmup_epochs} must be below "
+                f"train.epochs = {self.train.epochs}"
+            )
+        return self

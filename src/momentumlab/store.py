@@ -33,11 +33,14 @@ from typing import Any
 
 import pandas as pd
 import torch
+from pydantic import ValidationError
 
 from momentumlab import atomic
-from momentumlab.config import RunConfig, config_hash, validate
-from momentumlab.train.loop import train
+from momentumlab.config import ImageRunConfig, RunConfig, config_hash
+from momentumlab.train.loop import RunRecord, train
 
+AnyRunConfig = RunConfig | ImageRunConfig
+CONFIG_TYPES = (RunConfig, ImageRunConfig)
 FINISHED = ("complete", "diverged")
 RUN_ID_PREFIX = re.compile(r"[0-9a-f]{1,16}")
 DEFAULT_ROOT_VARIABLE = "MOMENTUMLAB_STORE"
@@ -51,7 +54,7 @@ class RunStoreError(RuntimeError):
 class StoredRun:
     run_id: str
     folder: Path
-    config: RunConfig
+    config: AnyRunConfig
     status: dict[str, Any]
 
     @property
@@ -153,7 +156,7 @@ class RunStore:
                     optimizer.lr,
                     optimizer.momentum,
                     run.config.seed,
-                    run.config.train.steps,
+                    _length(run.config),
                     run.status["updated"],
                     run.config.model_dump_json(),
                     json.dumps(final) if final is not None else None,
@@ -173,7 +176,7 @@ class RunStore:
 
     def get(self, run_id: str) -> StoredRun:
         folder = self.folder(self.resolve(run_id))
-        config = validate(RunConfig, json.loads((folder / "config.json").read_text()))
+        config = load_config(json.loads((folder / "config.json").read_text()))
         status_file = folder / "status.json"
         status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "running"}
         return StoredRun(folder.name, folder, config, status)
@@ -187,12 +190,16 @@ class RunStore:
 
     def run(
         self,
-        config: RunConfig,
+        config: AnyRunConfig,
         force: bool = False,
         progress: bool = False,
         on_step: Callable[[int], None] | None = None,
+        data_dir: Path | None = None,
     ) -> StoredRun:
-        """The finished run of `config`: stored if it exists (unless `force`), else trained or resumed."""
+        """The finished run of `config`: stored if it exists (unless `force`), else trained or resumed.
+
+        `data_dir` is where an image run's dataset lives; it is not part of the run's identity.
+        """
         run_id = config_hash(config)
         folder = self.folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
@@ -208,7 +215,7 @@ class RunStore:
             atomic.write_json(folder / "environment.json", environment())
             self._write_status(run, "running")
             try:
-                record = train(config, checkpoint, progress=progress, on_step=on_step)
+                record = _train(config, checkpoint, progress, on_step, data_dir)
             except BaseException as error:
                 self._write_status(run, "failed", message=f"{type(error).__name__}: {error}")
                 raise
@@ -226,9 +233,39 @@ class RunStore:
                 message=record.message,
                 seconds=round(record.seconds, 3),
                 resumed_from_step=record.resumed_from_step,
+                extra=record.extra,
             )
             checkpoint.unlink(missing_ok=True)
             return run
+
+
+def load_config(raw: dict[str, Any]) -> AnyRunConfig:
+    """The config type that `raw` (a stored config.json) validates as."""
+    for config_type in CONFIG_TYPES:
+        try:
+            return config_type.model_validate(raw)
+        except ValidationError:
+            continue
+    raise RunStoreError("config.json is neither a RunConfig nor an ImageRunConfig")
+
+
+def _length(config: AnyRunConfig) -> int:
+    """Optimizer steps of a feature-margin run, epochs of an image run (the index's `steps` column)."""
+    return config.train.epochs if isinstance(config, ImageRunConfig) else config.train.steps
+
+
+def _train(
+    config: AnyRunConfig,
+    checkpoint: Path,
+    progress: bool,
+    on_step: Callable[[int], None] | None,
+    data_dir: Path | None,
+) -> RunRecord:
+    if isinstance(config, ImageRunConfig):
+        from momentumlab.train.images import train_images  # imports the image models only when needed
+
+        return train_images(config, checkpoint, progress=progress, on_step=on_step, data_dir=data_dir)
+    return train(config, checkpoint, progress=progress, on_step=on_step)
 
 
 @contextmanager

@@ -9,11 +9,15 @@ from pathlib import Path
 from momentumlab import atomic
 from momentumlab.config import ConfigError
 from momentumlab.experiments import (
+    cifar_momentum,
+    cifar_small_margin,
     diffusion,
+    digits_small_margin,
     feature_margin,
     flatness_toy,
     heavy_ball_flow,
     momentum_variance,
+    noise_level,
 )
 from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
 from momentumlab.report import write_report
@@ -28,7 +32,17 @@ class Reproduction:
     run: Callable[[RunStore, Path, ReproductionOptions], ReproductionResult]
 
 
-MODULES = (feature_margin, heavy_ball_flow, flatness_toy, momentum_variance, diffusion)
+MODULES = (
+    feature_margin,
+    heavy_ball_flow,
+    flatness_toy,
+    momentum_variance,
+    diffusion,
+    noise_level,
+    digits_small_margin,
+    cifar_momentum,
+    cifar_small_margin,
+)
 REPRODUCTIONS = {
     module.NAME: Reproduction(module.NAME, module.TITLE, getattr(module, "CPU_SIZED", True), module.run)
     for module in MODULES
