@@ -225,3 +225,46 @@ def test_cuda_bf16_channels_last_run_matches_cpu_closely():
     assert cuda.status == "complete"
     for row_cpu, row_cuda in zip(cpu.rows, cuda.rows):
         assert row_cuda["train_loss"] == pytest.approx(row_cpu["train_loss"], rel=0.05)
+
+
+def test_final_sharpness_matches_the_dense_hessian():
+    """The last row's sharpness is λ_max of the dense autograd Hessian of the mean cross-entropy + wd."""
+    from torch.autograd.functional import hessian
+    from torch.func import functional_call
+
+    from momentumlab.config import ImageRunConfig
+    from momentumlab.train.images import build_image_data, build_image_model, standardize, train_images
+
+    config = ImageRunConfig.model_validate(
+        {
+            "data": {"name": "digits", "train_size": 48, "test_size": 16},
+            "model": {"name": "small_cnn", "width": 1},
+            "optimizer": {"name": "gd", "lr": 0.5},
+            "train": {"epochs": 2, "chunk_size": 20, "weight_decay": 0.01},
+        }
+    )
+    record = train_images(config)
+    final = record.rows[-1]
+    data = build_image_data(config)
+    inputs, _ = standardize(data.train.images.float(), data.test.images.float())
+    labels = data.train.labels.long()
+    model = build_image_model(config, 1, 8, 10)
+    model.load_state_dict(record.weights)
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [parameter.shape for _, parameter in model.named_parameters()]
+    flat = torch.cat([parameter.detach().flatten() for parameter in model.parameters()]).double()
+
+    def loss(vector: torch.Tensor) -> torch.Tensor:
+        parameters, offset = {}, 0
+        for name, shape in zip(names, shapes):
+            parameters[name] = vector[offset : offset + shape.numel()].view(shape).float()
+            offset += shape.numel()
+        return torch.nn.functional.cross_entropy(
+            functional_call(model, parameters, (inputs,)), labels
+        ).double()
+
+    dense = hessian(loss, flat)
+    expected = torch.linalg.eigvalsh(dense).max().item() + 0.01
+    assert final["epoch"] == 2 and 0 < final["sharpness_hvps"] <= flat.numel()
+    assert abs(final["sharpness"] - expected) <= 1e-3 * abs(expected)
+    assert "sharpness" not in record.rows[0]

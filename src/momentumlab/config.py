@@ -260,6 +260,7 @@ class ImageTrainConfig(StrictModel):
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     bf16: bool = Field(True, description="bfloat16 autocast for forward and loss (CUDA only)")
     channels_last: bool = Field(True, description="channels-last memory format (CUDA only)")
+    sharpness_at_end: bool = Field(True, description="log the top Hessian eigenvalue after the last epoch")
 
 
 class ImageRunConfig(StrictModel):

@@ -136,8 +136,8 @@ def small_margin_claims(final: dict[str, pd.DataFrame], paper_source: str) -> li
 def ratio_table(final: dict[str, pd.DataFrame], paper_source: str) -> str:
     """Markdown: test accuracy clean, corrupted and their ratio per optimizer (mean ± std over seeds),
     beside the paper's."""
-    header = "| optimizer | train accuracy | test clean | test corrupted | ratio corrupted/clean | paper "
-    lines = [f"{header}({paper_source}) |", "|---|---|---|---|---|---|"]
+    header = "| optimizer | train accuracy | test clean | test corrupted | ratio corrupted/clean | sharpness | paper "
+    lines = [f"{header}({paper_source}) |", "|---|---|---|---|---|---|---|"]
 
     def cell(frame: pd.DataFrame, column: str) -> str:
         return f"{frame[column].mean():.4f} ± {frame[column].std(ddof=0):.4f}" if column in frame else "n/a"
@@ -147,7 +147,7 @@ def ratio_table(final: dict[str, pd.DataFrame], paper_source: str) -> str:
         lines.append(
             f"| {label} | {cell(frame, 'train_accuracy')} | {cell(frame, 'test_accuracy_clean')} | "
             f"{cell(frame, 'test_accuracy_corrupted')} | {cell(frame, 'test_accuracy_ratio')} | "
-            f"{paper['corrupted']:.2f}/{paper['clean']:.2f} = {paper['ratio']:.2f} |"
+            f"{cell(frame, 'sharpness')} | {paper['corrupted']:.2f}/{paper['clean']:.2f} = {paper['ratio']:.2f} |"
         )
     return "\n".join(lines)
 

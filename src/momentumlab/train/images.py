@@ -47,6 +47,7 @@ from momentumlab.models.resnet import ResNet18
 from momentumlab.models.wide_resnet import WideResNet16
 from momentumlab.optim.lr_schedules import build_schedule
 from momentumlab.optim.momentum import build_optimizer
+from momentumlab.probes.curvature import model_hvp, top_eigenvalues
 from momentumlab.train.loop import RunRecord
 
 Precision = Callable[[], contextlib.AbstractContextManager]
@@ -246,8 +247,23 @@ def train_images(
         row |= split_measurements("test", test_losses, test_correct, test_corrupted)
         clean = row["test_accuracy_clean"]
         row["test_accuracy_ratio"] = row["test_accuracy_corrupted"] / clean if clean > 0 else math.nan
+        if epoch == spec.epochs and spec.sharpness_at_end and math.isfinite(row["train_loss"]):
+            row |= sharpness()
         rows.append(row)
         return row
+
+    def sharpness() -> dict[str, float]:
+        """Top eigenvalue of the full-batch training objective's Hessian, weight decay included (Lanczos)."""
+        buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}  # BN running stats
+        hvp = model_hvp(model, F.cross_entropy, train_inputs, train_labels, chunk_size=spec.chunk_size)
+        count = sum(parameter.numel() for parameter in model.parameters())
+        generator = torch.Generator().manual_seed(config.seed)
+        result = top_eigenvalues(hvp, count, tol=1e-4, generator=generator)
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+        top = result.eigenvalues[0].item() + spec.weight_decay  # λ_max(H + λI) = λ_max(H) + λ
+        return {"sharpness": top, "sharpness_hvps": float(result.hvp_count)}
 
     def checkpoint(epoch: int) -> None:
         if checkpoint_path is not None:
