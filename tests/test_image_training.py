@@ -3,6 +3,7 @@ weight decay, learning-rate schedules, resumption, divergence and the CUDA path.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -268,3 +269,54 @@ def test_final_sharpness_matches_the_dense_hessian():
     assert final["epoch"] == 2 and 0 < final["sharpness_hvps"] <= flat.numel()
     assert abs(final["sharpness"] - expected) <= 1e-3 * abs(expected)
     assert "sharpness" not in record.rows[0]
+
+
+def test_graduated_schedule_drives_each_epochs_hyperparameters():
+    """train.graduated: every epoch's (η, b, β) is epoch_settings' plan, logged in the rows and used."""
+    from momentumlab.config import ImageRunConfig
+    from momentumlab.optim.schedules import GraduatedSchedule, epoch_settings
+    from momentumlab.train.images import epoch_hyperparameters, train_images
+
+    raw = {
+        "data": {"name": "digits", "train_size": 64, "test_size": 16},
+        "model": {"name": "small_cnn", "width": 2},
+        "optimizer": {"name": "ema_momentum", "lr": 0.1, "momentum": 0.5},
+        "train": {"epochs": 3, "batch_size": 8, "chunk_size": 64, "sharpness_at_end": False},
+    }
+    unreachable = {"control": "batch_size", "variance": 4.0, "gradient_bound": 0.5}
+    with pytest.raises(ConfigError, match="train.graduated"):
+        epoch_hyperparameters(
+            ImageRunConfig.model_validate({**raw, "train": {**raw["train"], "graduated": unreachable}})
+        )
+    # (control, β_1, C², K): each chosen so that its control moves in every epoch
+    cases = [("lr", 0.5, 4.0, 0.05), ("batch_size", 0.5, 4.0, 0.05), ("momentum", 0.9, 0.5, 0.5)]
+    for control, momentum, variance, bound in cases:
+        graduated = {"control": control, "variance": variance, "gradient_bound": bound}
+        optimizer = {**raw["optimizer"], "momentum": momentum}
+        train = {**raw["train"], "graduated": graduated}
+        config = ImageRunConfig.model_validate({**raw, "optimizer": optimizer, "train": train})
+        plan = epoch_settings(
+            GraduatedSchedule("nshb", control, 3, 0.1, 8, variance, bound, momentum=momentum)
+        )
+        assert epoch_hyperparameters(config) == [(s.lr, s.batch_size, s.momentum) for s in plan]
+        assert len({(s.lr, s.batch_size, s.momentum) for s in plan}) == 3  # the control really moves
+        record = train_images(config)
+        logged = [(row["lr"], row["batch_size"], row["momentum"]) for row in record.rows[1:]]
+        assert logged == [(s.lr, float(s.batch_size), s.momentum) for s in plan]
+        assert [row["step"] for row in record.rows] == [
+            0,
+            *itertools.accumulate(64 // s.batch_size for s in plan),
+        ]
+    constant = ImageRunConfig.model_validate(raw)
+    assert epoch_hyperparameters(constant) == [(0.1, 8, 0.5)] * 3
+
+
+def test_graduated_schedule_rejects_what_it_cannot_drive():
+    from momentumlab.config import ImageRunConfig, validate
+
+    base = {"data": {"name": "digits"}, "model": {"name": "small_cnn"}}
+    graduated = {"control": "momentum", "variance": 1.0, "gradient_bound": 1.0}
+    with pytest.raises(ConfigError, match="train.graduated needs minibatches"):
+        validate(ImageRunConfig, {**base, "train": {"epochs": 2, "graduated": graduated}})
+    with pytest.raises(ConfigError, match="optimizer.name = 'gd' has no smoothing degree"):
+        validate(ImageRunConfig, {**base, "train": {"epochs": 2, "batch_size": 8, "graduated": graduated}})

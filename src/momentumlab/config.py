@@ -247,6 +247,16 @@ class ImageModelConfig(StrictModel):
         return self
 
 
+class GraduatedConfig(StrictModel):
+    """Implicit graduated optimization (Sato & Iiduka, SPEC §3): one hyperparameter moves each epoch so
+    that the smoothing degree follows δ_{m+1} = γ_m δ_m (see :mod:`momentumlab.optim.schedules`)."""
+
+    control: Literal["lr", "batch_size", "momentum"]
+    variance: float = Field(gt=0, description="C², per-sample gradient variance (the noise probe's estimate)")
+    gradient_bound: float = Field(gt=0, description="K, bound on the full-gradient norm")
+    power: float = Field(0.9, gt=0, description="p in γ_m = ((M − m)/(M − m + 1))^p")
+
+
 class ImageTrainConfig(StrictModel):
     """How an image classifier is trained: epochs, batches, regularization, schedule, device."""
 
@@ -261,6 +271,7 @@ class ImageTrainConfig(StrictModel):
     bf16: bool = Field(True, description="bfloat16 autocast for forward and loss (CUDA only)")
     channels_last: bool = Field(True, description="channels-last memory format (CUDA only)")
     sharpness_at_end: bool = Field(True, description="log the top Hessian eigenvalue after the last epoch")
+    graduated: GraduatedConfig | None = Field(None, description="graduated-optimization schedule, or none")
 
 
 class ImageRunConfig(StrictModel):
@@ -286,6 +297,23 @@ class ImageRunConfig(StrictModel):
                 f"train.lr_schedule.milestones = {list(milestones)} must lie below train.epochs = "
                 f"{self.train.epochs}"
             )
+        graduated = self.train.graduated
+        if graduated is not None:
+            if self.train.batch_size is None:
+                raise ValueError("train.graduated needs minibatches; allowed: train.batch_size ≥ 1")
+            if self.train.lr_schedule.name != "constant":
+                raise ValueError(
+                    f"train.lr_schedule.name = {self.train.lr_schedule.name!r} cannot combine with "
+                    "train.graduated; allowed: 'constant'"
+                )
+            if self.optimizer.name == "nesterov" or (
+                graduated.control == "momentum" and self.optimizer.name == "gd"
+            ):
+                raise ValueError(
+                    f"optimizer.name = {self.optimizer.name!r} has no smoothing degree for "
+                    f"train.graduated.control = {graduated.control!r}; allowed: 'heavy_ball' (SHB), "
+                    "'ema_momentum' (NSHB)" + (", 'gd' (SGD)" if graduated.control != "momentum" else "")
+                )
         if self.train.lr_schedule.warmup_epochs >= self.train.epochs:
             raise ValueError(
                 f"train.lr_schedule.warmup_epochs = {self.train.lr_schedule.warmup_epochs} must be below "

@@ -28,6 +28,7 @@ rows of an uninterrupted run, and a finished run's checkpoint returns its record
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +48,7 @@ from momentumlab.models.resnet import ResNet18
 from momentumlab.models.wide_resnet import WideResNet16
 from momentumlab.optim.lr_schedules import build_schedule
 from momentumlab.optim.momentum import build_optimizer
+from momentumlab.optim.schedules import GraduatedSchedule, epoch_settings
 from momentumlab.probes.curvature import model_hvp, top_eigenvalues
 from momentumlab.train.loop import RunRecord
 
@@ -113,6 +115,33 @@ def epoch_batches(seed: int, epoch: int, n: int, batch_size: int | None) -> list
         raise ConfigError(f"train.batch_size = {batch_size} exceeds the {n} training images")
     permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_033 + epoch))
     return [permutation[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+SMOOTHING_METHODS = {"gd": "sgd", "heavy_ball": "shb", "ema_momentum": "nshb"}  # Sato & Iiduka's names
+
+
+def epoch_hyperparameters(config: ImageRunConfig) -> list[tuple[float, int | None, float]]:
+    """(η, b, β) of every epoch: the learning-rate schedule, or the graduated-optimization plan."""
+    spec, optimizer = config.train, config.optimizer
+    if spec.graduated is None:
+        schedule = build_schedule(spec.lr_schedule, spec.epochs)
+        return [(optimizer.lr * schedule(e), spec.batch_size, optimizer.momentum) for e in range(spec.epochs)]
+    plan = GraduatedSchedule(
+        method=SMOOTHING_METHODS[optimizer.name],
+        control=spec.graduated.control,
+        epochs=spec.epochs,
+        lr=optimizer.lr,
+        batch_size=spec.batch_size,
+        variance=spec.graduated.variance,
+        gradient_bound=spec.graduated.gradient_bound,
+        momentum=optimizer.momentum,
+        power=spec.graduated.power,
+    )
+    try:
+        settings = epoch_settings(plan)
+    except ValueError as error:  # a target δ that no setting of the control reaches
+        raise ConfigError(f"train.graduated = {spec.graduated.model_dump()}: {error}") from None
+    return [(setting.lr, setting.batch_size, setting.momentum) for setting in settings]
 
 
 def _chunks(
@@ -224,8 +253,9 @@ def train_images(
     model = build_image_model(config, in_channels, image_size, data.num_classes)
     model = model.to(device=device, memory_format=memory_format)
     optimizer = build_optimizer(config.optimizer, model.parameters())
-    schedule = build_schedule(spec.lr_schedule, spec.epochs)
-    steps_per_epoch = len(epoch_batches(config.seed, 0, n, spec.batch_size))
+    hyperparameters = epoch_hyperparameters(config)
+    batches = [1 if size is None else n // size for _, size, _ in hyperparameters]
+    first_step = [0, *itertools.accumulate(batches)]  # optimizer steps taken before each epoch
 
     rows: list[dict[str, float]] = []
     start = 0
@@ -242,7 +272,9 @@ def train_images(
         test_losses, test_correct = predict(
             model, test_inputs, test_labels, spec.chunk_size, precision, memory_format
         )
-        row = {"epoch": epoch, "step": epoch * steps_per_epoch}
+        lr, batch_size, momentum = hyperparameters[max(epoch - 1, 0)]  # the epoch that ends here
+        row = {"epoch": epoch, "step": first_step[epoch], "lr": lr, "momentum": momentum}
+        row["batch_size"] = float(batch_size if batch_size is not None else n)
         row |= split_measurements("train", train_losses, train_correct, train_corrupted)
         row |= split_measurements("test", test_losses, test_correct, test_corrupted)
         clean = row["test_accuracy_clean"]
@@ -280,11 +312,11 @@ def train_images(
     bar = tqdm(total=spec.epochs, initial=start, disable=None if progress else True, leave=False)
     status, diverged_at = "complete", None
     for epoch in range(start, spec.epochs):
-        lr = config.optimizer.lr * schedule(epoch)
+        lr, batch_size, momentum = hyperparameters[epoch]
         for group in optimizer.param_groups:
-            group["lr"] = lr
-        for position, batch in enumerate(epoch_batches(config.seed, epoch, n, spec.batch_size)):
-            step = epoch * steps_per_epoch + position
+            group["lr"], group["momentum"] = lr, momentum
+        for position, batch in enumerate(epoch_batches(config.seed, epoch, n, batch_size)):
+            step = first_step[epoch] + position
             if on_step is not None:
                 on_step(step)
             images, labels = (
@@ -307,7 +339,7 @@ def train_images(
         if done % spec.log_every_epochs == 0 or done == spec.epochs:
             row = measure(done)
             if not math.isfinite(row["train_loss"]):
-                status, diverged_at = "diverged", done * steps_per_epoch
+                status, diverged_at = "diverged", first_step[done]
                 break
             bar.set_postfix(
                 loss=f"{row['train_loss']:.3g}", acc=f"{row['train_accuracy']:.3f}", refresh=False
@@ -323,7 +355,7 @@ def train_images(
         weights={name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
         diverged_at_step=diverged_at,
         seconds=time.perf_counter() - started,
-        resumed_from_step=start * steps_per_epoch,
+        resumed_from_step=first_step[start],
         message=f"non-finite loss at step {diverged_at}" if diverged_at is not None else "",
-        extra={"steps_per_epoch": steps_per_epoch, "train_size": n, "test_size": len(test_labels)},
+        extra={"steps_per_epoch": batches[0], "train_size": n, "test_size": len(test_labels)},
     )
