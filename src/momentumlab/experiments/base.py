@@ -25,3 +25,13 @@ class ReproductionResult:
     claims: list[Claim]
     section: str  # Markdown, figure links relative to the report's folder
     figures: list[Path] = field(default_factory=list)
+
+
+def ignored_overrides_note(options: ReproductionOptions) -> str:
+    """A sentence for the report of a reproduction that trains no RunConfig, saying `--set` was ignored."""
+    if not options.overrides:
+        return ""
+    return (
+        f" The overrides {list(options.overrides)} configure training runs, which this reproduction does "
+        "not use; they were ignored."
+    )

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from momentumlab import atomic
 from momentumlab.claims import Claim
-from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
+from momentumlab.experiments.base import ReproductionOptions, ReproductionResult, ignored_overrides_note
 from momentumlab.probes.diffusion import (
     MEDIAN_ABS_NORMAL,
     StreamingPCA,
@@ -415,12 +415,7 @@ def run(
         )
     runs = len(seeds) * settings.runs
     command = f"momentumlab reproduce {NAME} --seeds {','.join(map(str, seeds))}"
-    ignored = (
-        f" The overrides {list(options.overrides)} configure training runs, which this reproduction does "
-        "not use; they were ignored."
-        if options.overrides
-        else ""
-    )
+    ignored = ignored_overrides_note(options)
     section = "\n\n".join(
         [
             f"## {TITLE}\n\nCommand: `{command}`.{ignored}",

@@ -35,7 +35,7 @@ from torch import Tensor
 from momentumlab import atomic
 from momentumlab.claims import Claim
 from momentumlab.data.landscapes import scalar_product_loss
-from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
+from momentumlab.experiments.base import ReproductionOptions, ReproductionResult, ignored_overrides_note
 from momentumlab.probes.curvature import flat_loss_hvp, top_eigenvalues
 from momentumlab.probes.flows import (
     Loss,
@@ -514,12 +514,7 @@ def run(
     atomic.write_text(out_dir / "regularizer.csv", regularizer.to_csv(index=False))
 
     command = f"momentumlab reproduce {NAME} --seeds {','.join(map(str, seeds))}"
-    ignored = (
-        f" The overrides {list(options.overrides)} configure training runs, which this reproduction does "
-        "not use; they were ignored."
-        if options.overrides
-        else ""
-    )
+    ignored = ignored_overrides_note(options)
     network_headings = {
         seed: f"### (b) Tanh network, seed {seed}: {settings.network_points} points, width "
         f"{settings.network_width} ({network_dim} parameters), β = {settings.beta}, "

@@ -31,7 +31,7 @@ from torch.nn.utils import vector_to_parameters
 from momentumlab import atomic
 from momentumlab.claims import Claim
 from momentumlab.data.digits import DigitsData, load_digits_dataset
-from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
+from momentumlab.experiments.base import ReproductionOptions, ReproductionResult, ignored_overrides_note
 from momentumlab.models.conv import SmallCNN
 from momentumlab.probes.curvature import hutchinson_trace, model_hvp
 from momentumlab.probes.noise import (
@@ -482,12 +482,7 @@ def run(
 
     count = len(data.train)
     command = f"momentumlab reproduce {NAME} --seeds {','.join(map(str, seeds))}"
-    ignored = (
-        f" The overrides {list(options.overrides)} are RunConfig keys; this reproduction trains its own "
-        "grid of settings without a RunConfig, so they do not apply and were ignored."
-        if options.overrides
-        else ""
-    )
+    ignored = ignored_overrides_note(options)
     steps = ", ".join(f"b={b}: {epochs * (count // b)}" for b in batch_sizes)
     betas = ", ".join(f"{b:g}" for b in momenta if b > 0)
     at_solution = smoothing.line[smoothing.line["offset"].abs() == smoothing.line["offset"].abs().min()]
