@@ -324,7 +324,7 @@ def test_checkpoint_holds_the_state_at_its_step(tmp_path):
     with pytest.raises(RuntimeError):
         train(config, checkpoint, on_step=raise_at(30))
     state = torch.load(checkpoint, weights_only=True)
-    assert state["step"] == 20
+    assert state["position"] == 20
     assert [row["step"] for row in state["rows"]] == [0, 10]  # step 20 is measured after resuming
     # The saved weights are those a 20-step run ends with.
     twenty = train(make_tiny_config(*RESUMABLE["full-batch"], "train.steps=20"))
@@ -337,4 +337,4 @@ def test_no_checkpoint_is_written_at_the_last_step(tmp_path):
     checkpoint = tmp_path / "checkpoint.pt"
     train(config, checkpoint)
     state = torch.load(checkpoint, weights_only=True)
-    assert state["step"] == 20  # step 40 = the end is not checkpointed; the finished run is the result
+    assert state["position"] == 20  # step 40 = the end is not checkpointed; the finished run is the result

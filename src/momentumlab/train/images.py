@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from momentumlab import atomic
 from momentumlab.config import ConfigError, ImageRunConfig
 from momentumlab.data.corruption import corrupt_small_margin
 from momentumlab.data.images import ImageData, ImageSet, load_image_dataset
@@ -50,6 +49,7 @@ from momentumlab.optim.lr_schedules import build_schedule
 from momentumlab.optim.momentum import build_optimizer
 from momentumlab.optim.schedules import GraduatedSchedule, epoch_settings
 from momentumlab.probes.curvature import model_hvp, top_eigenvalues
+from momentumlab.train.checkpoint import load_checkpoint, save_checkpoint
 from momentumlab.train.loop import RunRecord
 
 Precision = Callable[[], contextlib.AbstractContextManager]
@@ -257,13 +257,7 @@ def train_images(
     batches = [1 if size is None else n // size for _, size, _ in hyperparameters]
     first_step = [0, *itertools.accumulate(batches)]  # optimizer steps taken before each epoch
 
-    rows: list[dict[str, float]] = []
-    start = 0
-    if checkpoint_path is not None and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rows, start = state["rows"], state["epoch"]
+    rows, start = load_checkpoint(checkpoint_path, model, optimizer, device)
 
     def measure(epoch: int) -> dict[str, float]:
         train_losses, train_correct = predict(
@@ -296,16 +290,6 @@ def train_images(
                 buffer.copy_(buffers[name])
         top = result.eigenvalues[0].item() + spec.weight_decay  # λ_max(H + λI) = λ_max(H) + λ
         return {"sharpness": top, "sharpness_hvps": float(result.hvp_count)}
-
-    def checkpoint(epoch: int) -> None:
-        if checkpoint_path is not None:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rows": rows,
-                "epoch": epoch,
-            }
-            atomic.save_torch(checkpoint_path, state)
 
     if start == 0:
         measure(0)
@@ -345,7 +329,7 @@ def train_images(
                 loss=f"{row['train_loss']:.3g}", acc=f"{row['train_accuracy']:.3f}", refresh=False
             )
         if done % spec.checkpoint_every_epochs == 0 or done == spec.epochs:
-            checkpoint(done)
+            save_checkpoint(checkpoint_path, model, optimizer, rows, done)
         bar.update()
     bar.close()
     model.zero_grad(set_to_none=True)

@@ -20,7 +20,6 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from momentumlab import atomic
 from momentumlab.config import RunConfig
 from momentumlab.data.feature_margin import FeatureMarginData, make_feature_margin_data
 from momentumlab.models.cubic_cnn import (
@@ -33,6 +32,7 @@ from momentumlab.models.cubic_cnn import (
 from momentumlab.optim.momentum import build_optimizer
 from momentumlab.probes.curvature import flat_loss_hvp, top_eigenvalues
 from momentumlab.probes.projections import feature_margin_measurements
+from momentumlab.train.checkpoint import load_checkpoint, save_checkpoint
 from momentumlab.train.gradient_penalty import penalized_loss_and_gradient
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -146,13 +146,7 @@ def train(
     full_batch = FullBatchCubicObjective(
         data.train.inputs, data.train.labels, config.model.width, config.train.l2
     )
-    rows: list[dict[str, float]] = []
-    start = 0
-    if checkpoint_path is not None and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rows, start = state["rows"], state["step"]
+    rows, start = load_checkpoint(checkpoint_path, model, optimizer, device)
 
     steps, sharpness_every = config.train.steps, config.train.sharpness_every
 
@@ -162,16 +156,6 @@ def train(
         if sharpness_every is not None and (step % sharpness_every == 0 or step == steps):
             row.update(sharpness(config, weight.detach(), data, step))
         rows.append({"step": step, "train_loss": loss.item(), **row})
-
-    def checkpoint(step: int) -> None:
-        if checkpoint_path is not None:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rows": rows,
-                "step": step,
-            }
-            atomic.save_torch(checkpoint_path, state)
 
     fast_path = config.train.batch_size is None and config.train.gradient_penalty == 0
     to_log = logged_steps(steps, config.train.log_every, config.train.log_geometric)
@@ -204,7 +188,7 @@ def train(
             optimizer.step()
             bar.update()
             if (step + 1) % config.train.checkpoint_every == 0 and step + 1 < steps:
-                checkpoint(step + 1)
+                save_checkpoint(checkpoint_path, model, optimizer, rows, step + 1)
         else:
             loss, gradient = full_batch.loss_and_gradient(weight)
             if math.isfinite(loss.item()) and bool(torch.isfinite(weight).all()):
