@@ -69,10 +69,10 @@ def compare_panels(
     return save_figure(figure, path)
 
 
-def save_figure(figure: plt.Figure, path: Path) -> Path:
+def save_figure(figure: plt.Figure, path: Path, dpi: int = 120) -> Path:
     """Lay out `figure`, write it as a PNG atomically, close it, and return `path`."""
     figure.tight_layout()
-    atomic.atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=120))
+    atomic.atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=dpi))
     plt.close(figure)
     return path
 

@@ -29,7 +29,14 @@ from momentumlab import atomic
 from momentumlab.claims import Claim
 from momentumlab.config import ImageRunConfig, apply_overrides, validate
 from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
-from momentumlab.experiments.cifar_small_margin import FIT_THRESHOLD, curves, final_rows, run_image
+from momentumlab.experiments.cifar_small_margin import (
+    FIT_THRESHOLD,
+    SMOKE_TRAIN,
+    TRAIN,
+    curves,
+    final_rows,
+    run_image,
+)
 from momentumlab.report import claims_table, plot_mean_band, save_figure
 from momentumlab.store import RunStore
 
@@ -53,15 +60,7 @@ OPTIMIZERS: dict[str, tuple[dict[str, Any], int | None]] = {  # label → (optim
     "SGD+M": ({"name": "ema_momentum", "lr": LEARNING_RATE, "momentum": MOMENTUM}, MINIBATCH),
 }
 COLORS = {"GD": "#d1495b", "GD+M": "#00798c", "SGD": "#edae49", "SGD+M": "#30638e"}
-TRAIN = {
-    "epochs": 300,
-    "chunk_size": 1000,
-    "weight_decay": 5e-4,
-    "lr_schedule": {"name": "cosine", "warmup_epochs": 5},
-    "device": "cuda",
-}
 SMOKE_DATA = {"train_size": 32, "test_size": 32}
-SMOKE_TRAIN = {"epochs": 2, "chunk_size": 16, "device": "cpu", "lr_schedule": {"name": "constant"}}
 SMOKE_MINIBATCH = 16
 # Figure 1, test accuracy (%) at the end of training
 PAPER = {

@@ -44,7 +44,7 @@ from momentumlab.probes.diffusion import (
     sde,
     track,
 )
-from momentumlab.report import claims_table
+from momentumlab.report import claims_table, save_figure
 from momentumlab.store import RunStore
 from momentumlab.threads import single_thread
 
@@ -206,10 +206,7 @@ def _plot_escape(problem: StreamingPCA, measured: Measured, settings: Settings, 
     right.set_title("median escape step: MSGD at η, SGD at η/(1−μ), SDE", fontsize=10)
     right.legend(fontsize=8)
     right.grid(alpha=0.3, which="both")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _plot_paths(problem: StreamingPCA, measured: Measured, settings: Settings, path: Path) -> Path:
@@ -245,10 +242,7 @@ def _plot_paths(problem: StreamingPCA, measured: Measured, settings: Settings, p
     axes[0].set_ylabel("alignment ⟨θ_k, e1⟩²")
     axes[0].legend(fontsize=8, loc="lower right")
     figure.suptitle(f"From the saddle e2 at η = {settings.lr:g}: alignment paths and the ODE θ' = −∇F/(1−μ)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _plot_spread(
@@ -288,10 +282,7 @@ def _plot_spread(
         axis.set_xticks(one_minus.tolist(), [f"{1 - m:g}\n(μ = {m})" for m in settings.momenta])
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def run(

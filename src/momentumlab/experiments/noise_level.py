@@ -43,7 +43,7 @@ from momentumlab.probes.noise import (
     smoothing_degree,
 )
 from momentumlab.probes.smoothing import smoothed_loss, unit_ball
-from momentumlab.report import claims_table
+from momentumlab.report import claims_table, save_figure
 from momentumlab.store import RunStore
 from momentumlab.threads import single_thread
 
@@ -284,10 +284,7 @@ def _plot_noise(summary: pd.DataFrame, path: Path) -> Path:
         axis.set_yscale("log")
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def _plot_ratio(summary: pd.DataFrame, axis: plt.Axes) -> None:
@@ -333,10 +330,7 @@ def _plot_accuracy(summary: pd.DataFrame, correlations: dict[str, float], path: 
     ]
     axes[0].legend(handles=handles, fontsize=7, ncol=2)
     axes[0].set_ylabel("test accuracy (mean over seeds, min–max bars)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def _plot_smoothing(smoothing: Smoothing, title: str, path: Path) -> Path:
@@ -380,10 +374,7 @@ def _plot_smoothing(smoothing: Smoothing, title: str, path: Path) -> Path:
     right.legend(fontsize=8)
     for axis in (left, right):
         axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def run(
