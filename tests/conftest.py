@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 # feature–margin data has a few small-margin examples (μ = 0.02) and checkpoints fall mid-run.
 TINY_RAW: dict[str, Any] = {
     "seed": 0,
-    "data": {"n_train": 400, "n_test": 200, "dim": 10, "patches": 3},
+    "data": {"n_train": 400, "n_test": 200, "n_val": 200, "dim": 10, "patches": 3},
     "model": {"width": 4},
     "optimizer": {"name": "gd", "lr": 0.5, "momentum": 0.0},
     "train": {"steps": 60, "log_every": 10, "checkpoint_every": 20},

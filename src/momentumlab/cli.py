@@ -1,4 +1,4 @@
-"""The `momentumlab` command: run, reproduce, ls, show."""
+"""The `momentumlab` command: run, sweep, compare, reproduce, ls, show, data fetch."""
 
 from __future__ import annotations
 
@@ -68,6 +68,86 @@ def run(
     for key, value in stored.final().items():
         if not PER_NEURON.search(key):
             typer.echo(f"  {key:28s} {_format(value)}")
+
+
+class Backend(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="YAML or TOML sweep file (grid over dotted fields, seeds).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the result table (default: sweeps/<file name>).")
+    ] = None,
+    store: StoreOption = None,
+    backend: Annotated[
+        Backend, typer.Option("--backend", help="local processes or a Ray cluster.")
+    ] = Backend.local,
+    workers: Annotated[int, typer.Option("--workers", help="Local worker processes.")] = 1,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (default: start a local Ray).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most runs trained in one computation.")] = 64,
+    progress: ProgressOption = True,
+) -> None:
+    """Run every point of a sweep (reusing finished runs) and save a table, one row per run."""
+    from momentumlab.sweep import execute, expand, load_sweep, result_table, summary, write_result
+
+    if workers < 1:
+        _fail(f"--workers = {workers}: allowed: ≥ 1", 2)
+    if max_batch < 1:
+        _fail(f"--max-batch = {max_batch}: allowed: ≥ 1", 2)
+    try:
+        sweep_spec, base = load_sweep(spec)
+        configs = expand(sweep_spec, base)
+        run_store = RunStore(store)
+        failures = execute(
+            configs,
+            run_store,
+            backend=backend.value,
+            workers=workers,
+            address=address,
+            progress=progress,
+            max_batch=max_batch,
+            echo=typer.echo,
+        )
+    except ConfigError as error:
+        _fail(str(error), 2)
+    table = result_table(configs, run_store)
+    folder = out if out is not None else Path("sweeps") / spec.stem
+    write_result(table, sweep_spec, folder)
+    typer.echo(summary(table).to_string(index=False))
+    typer.echo(f"table: {folder / 'results.csv'} ({len(table)} runs)")
+    for failure in failures:
+        typer.echo(f"error: a batch failed ({failure})", err=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    result: Annotated[Path, typer.Argument(help="A sweep's output folder (or its results.csv/.parquet).")],
+    metric: Annotated[
+        str, typer.Option("--metric", help="Validation metric that picks each optimizer's setting.")
+    ] = "val_accuracy",
+) -> None:
+    """Each optimizer at its best setting on validation data; test metrics as mean ± std over seeds."""
+    from momentumlab import atomic
+    from momentumlab.compare import compare as compare_optimizers
+    from momentumlab.compare import to_markdown
+    from momentumlab.sweep import load_result
+
+    try:
+        comparison = compare_optimizers(load_result(result), metric)
+    except ConfigError as error:
+        _fail(str(error), 2)
+    markdown = to_markdown(comparison)
+    folder = result if result.is_dir() else result.parent
+    atomic.write_text(folder / "compare.md", markdown + "\n")
+    atomic.write_text(folder / "compare.csv", comparison.to_csv(index=False))
+    typer.echo(markdown)
 
 
 @app.command()

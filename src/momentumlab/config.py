@@ -36,6 +36,7 @@ class FeatureMarginDataConfig(StrictModel):
     kind: Literal["feature_margin"] = "feature_margin"
     n_train: int = Field(20000, ge=1, description="N, training examples")
     n_test: int = Field(2000, ge=1, description="test examples")
+    n_val: int = Field(2000, ge=0, description="validation examples (for choosing hyperparameters)")
     dim: int = Field(30, ge=2, description="d, patch dimension")
     patches: int = Field(5, ge=2, description="P, patches per example")
     alpha: float | None = Field(None, gt=0, description="large margin α; null means d^0.49")
@@ -318,5 +319,80 @@ class ImageRunConfig(StrictModel):
             raise ValueError(
                 f"train.lr_schedule.warmup_epochs = {self.train.lr_schedule.warmup_epochs} must be below "
                 f"train.epochs = {self.train.epochs}"
+            )
+        return self
+
+
+TeacherName = Literal["linear", "mlp1", "mlp2", "cnn1", "cnn2"]
+StudentName = Literal["mlp1", "mlp2", "cnn1", "cnn2"]
+
+
+class TeacherDataConfig(StrictModel):
+    """Table 1's data (SPEC §1): x ~ N(0, I_d), y = sign(teacher(x)) for a random ReLU teacher.
+
+    `mlp1`/`mlp2` have one/two hidden layers of `teacher_width` units; `cnn1`/`cnn2` one/two 1-D
+    convolutions (`teacher_width` channels, `kernel_size`) over the d coordinates, then a linear read-out.
+    """
+
+    kind: Literal["teacher"] = "teacher"
+    teacher: TeacherName = "linear"
+    dim: int = Field(30, ge=2, description="d, input dimension")
+    n_train: int = Field(500, ge=1)
+    n_val: int = Field(1000, ge=0, description="validation examples (for choosing hyperparameters)")
+    n_test: int = Field(5000, ge=1)
+    teacher_width: int = Field(100, ge=1, description="hidden units / channels of the teacher")
+    kernel_size: int = Field(5, ge=1, description="convolution kernel of a CNN teacher")
+    seed: int | None = Field(None, ge=0, description="seed of the teacher and the inputs; null: run's")
+
+    @model_validator(mode="after")
+    def _kernel_fits(self) -> TeacherDataConfig:
+        if self.teacher.startswith("cnn") and self.kernel_size > self.dim:
+            raise ValueError(
+                f"kernel_size = {self.kernel_size} exceeds dim = {self.dim}; allowed: 1..{self.dim}"
+            )
+        return self
+
+
+class StudentConfig(StrictModel):
+    """An over-parameterized ReLU student (same architecture family as the teachers), scalar output."""
+
+    kind: Literal["student"] = "student"
+    architecture: StudentName = "mlp1"
+    width: int = Field(256, ge=1, description="hidden units (MLP) or channels (CNN)")
+    kernel_size: int = Field(5, ge=1, description="convolution kernel (CNN)")
+
+
+class StudentTrainConfig(StrictModel):
+    """How a student is trained on the logistic loss of its ±1 labels."""
+
+    epochs: int = Field(1000, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="null means full batch (GD)")
+    weight_decay: float = Field(0.0, ge=0, description="coupled L2: adds (wd/2)‖θ‖² to the loss")
+    log_every_epochs: int = Field(50, ge=1)
+    checkpoint_every_epochs: int = Field(100, ge=1)
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+
+
+class TeacherStudentRunConfig(StrictModel):
+    """Everything that determines one teacher–student run (Table 1)."""
+
+    seed: int = Field(0, ge=0, description="student initialization and minibatch order")
+    data: TeacherDataConfig = TeacherDataConfig()
+    model: StudentConfig = StudentConfig()
+    optimizer: OptimizerConfig = OptimizerConfig(lr=0.1)
+    train: StudentTrainConfig = StudentTrainConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TeacherStudentRunConfig:
+        if self.train.batch_size is not None and self.train.batch_size > self.data.n_train:
+            raise ValueError(
+                f"train.batch_size = {self.train.batch_size} exceeds data.n_train = {self.data.n_train}; "
+                f"allowed: 1..{self.data.n_train} or null (full batch)"
+            )
+        if self.model.architecture.startswith("cnn") and self.model.kernel_size > self.data.dim:
+            raise ValueError(
+                f"model.kernel_size = {self.model.kernel_size} exceeds data.dim = {self.data.dim}; "
+                f"allowed: 1..{self.data.dim}"
             )
         return self

@@ -24,8 +24,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -36,11 +36,12 @@ import torch
 from pydantic import ValidationError
 
 from momentumlab import atomic
-from momentumlab.config import ImageRunConfig, RunConfig, config_hash
+from momentumlab.config import ImageRunConfig, RunConfig, TeacherStudentRunConfig, config_hash
+from momentumlab.train.checkpoint import checkpoint_position
 from momentumlab.train.loop import RunRecord, train
 
-AnyRunConfig = RunConfig | ImageRunConfig
-CONFIG_TYPES = (RunConfig, ImageRunConfig)
+AnyRunConfig = RunConfig | ImageRunConfig | TeacherStudentRunConfig
+CONFIG_TYPES = (RunConfig, ImageRunConfig, TeacherStudentRunConfig)
 FINISHED = ("complete", "diverged")
 RUN_ID_PREFIX = re.compile(r"[0-9a-f]{1,16}")
 DEFAULT_ROOT_VARIABLE = "MOMENTUMLAB_STORE"
@@ -200,43 +201,148 @@ class RunStore:
 
         `data_dir` is where an image run's dataset lives; it is not part of the run's identity.
         """
-        run_id = config_hash(config)
-        folder = self.folder(run_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        with _exclusive(folder / ".lock", run_id):
-            if not (folder / "config.json").is_file():
-                atomic.write_json(folder / "config.json", config.model_dump(mode="json"))
+        run_id = self._prepare(config)
+        with _exclusive(self.folder(run_id) / ".lock", run_id):
             run = self.get(run_id)
             if run.finished and not force:
                 return run
-            checkpoint = folder / "checkpoint.pt"
+            checkpoint = run.folder / "checkpoint.pt"
             if force:
                 checkpoint.unlink(missing_ok=True)
-            atomic.write_json(folder / "environment.json", environment())
-            self._write_status(run, "running")
+            self._start(run)
             try:
                 record = _train(config, checkpoint, progress, on_step, data_dir)
             except BaseException as error:
                 self._write_status(run, "failed", message=f"{type(error).__name__}: {error}")
                 raise
-            atomic.save_torch(folder / "weights.pt", record.weights)
-            metrics = (
-                pd.DataFrame(record.rows) if record.rows else pd.DataFrame(columns=["step", "train_loss"])
-            )
-            atomic.write_text(folder / "metrics.csv", metrics.to_csv(index=False))
-            final = record.rows[-1] if record.rows else None
-            self._write_status(
-                run,
-                record.status,
-                final=final,
-                step=record.diverged_at_step,
-                message=record.message,
-                seconds=round(record.seconds, 3),
-                resumed_from_step=record.resumed_from_step,
-                extra=record.extra,
-            )
-            checkpoint.unlink(missing_ok=True)
+            self._finish(run, record)
             return run
+
+    def run_many(
+        self,
+        configs: Sequence[AnyRunConfig],
+        progress: bool = False,
+        on_step: Callable[[int], None] | None = None,
+        max_batch: int = 64,
+    ) -> list[StoredRun]:
+        """The finished runs of `configs` (in order), training the missing ones together where they can.
+
+        Pending runs that a batched engine accepts are grouped by its batch key and by the position
+        their checkpoints resume from, and each group (up to `max_batch` runs) trains in one
+        computation; the others train one by one with :meth:`run`.
+        """
+        run_ids = [self._prepare(config) for config in configs]
+        pending = {run_id: config for run_id, config in zip(run_ids, configs) if not self.is_finished(config)}
+        for group in plan_batches(list(pending.values()), self, max_batch):
+            if len(group) == 1:
+                self.run(group[0], progress=progress, on_step=on_step)
+            else:
+                self._run_batch(group, progress, on_step)
+        return [self.get(run_id) for run_id in run_ids]
+
+    def _run_batch(
+        self, configs: list[AnyRunConfig], progress: bool, on_step: Callable[[int], None] | None
+    ) -> None:
+        _, train_batch = batched_engine(configs[0])
+        run_ids = [config_hash(config) for config in configs]
+        with ExitStack() as locks:
+            for run_id in run_ids:
+                locks.enter_context(_exclusive(self.folder(run_id) / ".lock", run_id))
+            runs = [self.get(run_id) for run_id in run_ids]
+            todo = [index for index, run in enumerate(runs) if not run.finished]  # others may have finished
+            if not todo:
+                return
+            configs, runs = [configs[i] for i in todo], [runs[i] for i in todo]
+            recorded = environment()  # one batch, one process: the same for every run
+            for run in runs:
+                self._start(run, recorded)
+            checkpoints = [run.folder / "checkpoint.pt" for run in runs]
+            try:
+                records = train_batch(configs, checkpoints, progress=progress, on_step=on_step)
+            except BaseException as error:
+                for run in runs:
+                    self._write_status(run, "failed", message=f"{type(error).__name__}: {error}")
+                raise
+            for run, record in zip(runs, records):
+                self._finish(run, record)
+
+    def is_finished(self, config: AnyRunConfig) -> bool:
+        """Whether the store holds a complete or diverged run of `config`."""
+        status = self.folder(config_hash(config)) / "status.json"
+        return status.is_file() and json.loads(status.read_text()).get("status") in FINISHED
+
+    def checkpoint_position(self, config: AnyRunConfig) -> int:
+        """The step or epoch an unfinished run of `config` would resume from."""
+        return checkpoint_position(self.folder(config_hash(config)) / "checkpoint.pt")
+
+    def _prepare(self, config: AnyRunConfig) -> str:
+        """Create the run's folder with its config; return its id."""
+        run_id = config_hash(config)
+        folder = self.folder(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "config.json").is_file():
+            atomic.write_json(folder / "config.json", config.model_dump(mode="json"))
+        return run_id
+
+    def _start(self, run: StoredRun, recorded: dict[str, Any] | None = None) -> None:
+        atomic.write_json(
+            run.folder / "environment.json", recorded if recorded is not None else environment()
+        )
+        self._write_status(run, "running")
+
+    def _finish(self, run: StoredRun, record: RunRecord) -> None:
+        """Write a trained run's weights and metrics, then its final status (last, so it marks completeness)."""
+        atomic.save_torch(run.folder / "weights.pt", record.weights)
+        metrics = pd.DataFrame(record.rows) if record.rows else pd.DataFrame(columns=["step", "train_loss"])
+        atomic.write_text(run.folder / "metrics.csv", metrics.to_csv(index=False))
+        self._write_status(
+            run,
+            record.status,
+            final=record.rows[-1] if record.rows else None,
+            step=record.diverged_at_step,
+            message=record.message,
+            seconds=round(record.seconds, 3),
+            resumed_from_step=record.resumed_from_step,
+            extra=record.extra,
+        )
+        (run.folder / "checkpoint.pt").unlink(missing_ok=True)
+
+
+BatchTrainer = Callable[..., list[RunRecord]]
+
+
+def batched_engine(config: AnyRunConfig) -> tuple[str, BatchTrainer] | None:
+    """(batch key, batched trainer) for a config that can share a computation with others, else None."""
+    if isinstance(config, RunConfig):
+        from momentumlab.train.batched import batch_key, train_batched
+
+        key = batch_key(config)
+        return (f"feature_margin:{key}", train_batched) if key is not None else None
+    if isinstance(config, TeacherStudentRunConfig):
+        from momentumlab.train.batched_students import student_batch_key, train_students_batched
+
+        key = student_batch_key(config)
+        return (f"teacher_student:{key}", train_students_batched) if key is not None else None
+    return None
+
+
+def plan_batches(
+    configs: Sequence[AnyRunConfig], store: RunStore, max_batch: int
+) -> list[list[AnyRunConfig]]:
+    """Split configs into groups that train in one computation each (same batch key and resume position),
+    at most `max_batch` runs per group; configs no engine accepts form groups of one."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch = {max_batch} must be ≥ 1")
+    groups: dict[tuple[str, int], list[AnyRunConfig]] = {}
+    alone: list[list[AnyRunConfig]] = []
+    for config in configs:
+        engine = batched_engine(config)
+        if engine is None:
+            alone.append([config])
+        else:
+            groups.setdefault((engine[0], store.checkpoint_position(config)), []).append(config)
+    batches = [group[i : i + max_batch] for group in groups.values() for i in range(0, len(group), max_batch)]
+    return batches + alone
 
 
 def load_config(raw: dict[str, Any]) -> AnyRunConfig:
@@ -246,12 +352,12 @@ def load_config(raw: dict[str, Any]) -> AnyRunConfig:
             return config_type.model_validate(raw)
         except ValidationError:
             continue
-    raise RunStoreError("config.json is neither a RunConfig nor an ImageRunConfig")
+    raise RunStoreError("config.json is not a RunConfig, ImageRunConfig or TeacherStudentRunConfig")
 
 
 def _length(config: AnyRunConfig) -> int:
-    """Optimizer steps of a feature-margin run, epochs of an image run (the index's `steps` column)."""
-    return config.train.epochs if isinstance(config, ImageRunConfig) else config.train.steps
+    """Optimizer steps of a feature-margin run, epochs otherwise (the index's `steps` column)."""
+    return config.train.steps if isinstance(config, RunConfig) else config.train.epochs
 
 
 def _train(
@@ -265,6 +371,10 @@ def _train(
         from momentumlab.train.images import train_images  # imports the image models only when needed
 
         return train_images(config, checkpoint, progress=progress, on_step=on_step, data_dir=data_dir)
+    if isinstance(config, TeacherStudentRunConfig):
+        from momentumlab.train.students import train_student
+
+        return train_student(config, checkpoint, progress=progress, on_step=on_step)
     return train(config, checkpoint, progress=progress, on_step=on_step)
 
 

@@ -44,17 +44,19 @@ class FeatureMarginSet:
 
 @dataclass(frozen=True)
 class FeatureMarginData:
-    """Train and test samples of (D) sharing one feature direction w*."""
+    """Train, test and validation samples of (D) sharing one feature direction w*."""
 
     feature: torch.Tensor  # w*, unit vector of shape (d,)
     train: FeatureMarginSet
     test: FeatureMarginSet
+    validation: FeatureMarginSet
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> FeatureMarginData:
         return FeatureMarginData(
             feature=self.feature.to(device=device, dtype=dtype),
             train=self.train.to(device, dtype),
             test=self.test.to(device, dtype),
+            validation=self.validation.to(device, dtype),
         )
 
 
@@ -77,10 +79,12 @@ def _sample(
 
 
 def make_feature_margin_data(config: FeatureMarginDataConfig, seed: int) -> FeatureMarginData:
-    """Draw w*, a training set and a test set from (D), deterministically from `seed` (float64, CPU)."""
+    """Draw w*, a training, a test and a validation set from (D), deterministically from `seed`
+    (float64, CPU). The validation set is drawn last, so its size leaves train and test unchanged."""
     generator = torch.Generator().manual_seed(seed)
     feature = torch.randn(config.dim, generator=generator, dtype=torch.float64)
     feature /= feature.norm()
     train = _sample(config, feature, config.n_train, generator)
     test = _sample(config, feature, config.n_test, generator)
-    return FeatureMarginData(feature=feature, train=train, test=test)
+    validation = _sample(config, feature, config.n_val, generator)
+    return FeatureMarginData(feature=feature, train=train, test=test, validation=validation)

@@ -14,10 +14,12 @@ from momentumlab.experiments import (
     diffusion,
     digits_small_margin,
     feature_margin,
+    feature_margin_phase,
     flatness_toy,
     heavy_ball_flow,
     momentum_variance,
     noise_level,
+    teacher_student,
 )
 from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
 from momentumlab.report import write_report
@@ -34,6 +36,7 @@ class Reproduction:
 
 MODULES = (
     feature_margin,
+    feature_margin_phase,
     heavy_ball_flow,
     flatness_toy,
     momentum_variance,
@@ -42,6 +45,7 @@ MODULES = (
     digits_small_margin,
     cifar_momentum,
     cifar_small_margin,
+    teacher_student,
 )
 REPRODUCTIONS = {
     module.NAME: Reproduction(module.NAME, module.TITLE, getattr(module, "CPU_SIZED", True), module.run)

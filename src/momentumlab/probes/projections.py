@@ -49,6 +49,7 @@ def feature_margin_measurements(
     feature = data.feature
     train_outputs = (data.train.inputs @ weight.T).pow(3).sum(dim=(1, 2))
     test_outputs = (data.test.inputs @ weight.T).pow(3).sum(dim=(1, 2))
+    validation_outputs = (data.validation.inputs @ weight.T).pow(3).sum(dim=(1, 2))
     signal = weight @ feature  # c_r
     best = int(signal.argmax())  # r_max
     gradient_signal = gradient @ feature  # G_r
@@ -62,6 +63,7 @@ def feature_margin_measurements(
     row = {
         **group_accuracies(train_outputs, data.train, "train"),
         **group_accuracies(test_outputs, data.test, "test"),
+        **group_accuracies(validation_outputs, data.validation, "val"),
         "signal_max": signal[best].item(),  # c(t)
         "gradient_signal": gradient_signal[best].item(),  # G(t) at r_max
         "momentum_signal": buffer_signal[best].item(),  # Ĝ(t) at r_max

@@ -34,3 +34,10 @@ def load_checkpoint(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state["rows"], state["position"]
+
+
+def checkpoint_position(path: Path | None) -> int:
+    """The step or epoch a checkpoint at `path` resumes from (0 when there is none)."""
+    if path is None or not path.is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["position"])

@@ -1,0 +1,173 @@
+"""Sweep throughput: many runs trained in one computation by the batched engines vs one after another.
+
+feature-margin: R runs of the feature–margin default (GD+M, γ = 0.99; learning rates × 4 seeds, so
+4 datasets) for a fixed number of steps, through `momentumlab.train.batched.train_batched`, vs the same
+runs one after another with (a) the naive reference loop of `feature_margin_step.py` (the cubic CNN as
+an `nn.Module` in float64, autograd, `torch.optim.SGD` in heavy-ball form) and (b) the project's
+single-run trainer `momentumlab.train.loop.train` (the stricter baseline). Target: ≥ 5× over (a).
+
+students: for each of Table 1's students as the teacher–student reproduction calibrates them (full
+batch and its SGD minibatch), R runs (GD+M; learning rates × 4 seeds) for a fixed number of epochs,
+through `momentumlab.train.batched_students.train_students_batched`, vs
+`momentumlab.train.students.train_student` one after another. Target: ≥ 10×.
+
+Every number is end to end in this process, setup included (drawing data, building models, the first
+and last logged rows), since that is what a sweep costs; logging and checkpoints are otherwise off.
+
+    python benchmarks/sweep_throughput.py [--suite {feature-margin,students,all}] [--steps 200] [--epochs 30]
+                                          [--runs 32] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+import torch._dynamo  # torch.optim imports it on first use: here, that second stays out of the timings
+
+from momentumlab.config import RunConfig, TeacherStudentRunConfig
+from momentumlab.experiments.teacher_student import MINIBATCH, STUDENT_WIDTHS
+from momentumlab.models.cubic_cnn import CubicCNN, logistic_objective
+from momentumlab.optim import ema_to_heavy_ball
+from momentumlab.train.batched import train_batched
+from momentumlab.train.batched_students import train_students_batched
+from momentumlab.train.loop import build_data, build_model, train
+from momentumlab.train.students import train_student
+
+MOMENTUM = 0.99
+SEEDS = 4
+NEVER = 10**9  # log_every / checkpoint_every beyond any run: only the first and last rows are measured
+
+
+def grid(runs: int) -> list[tuple[int, float]]:
+    """(seed, learning rate) of each run: SEEDS seeds × as many learning rates (0.1 to 1) as needed."""
+    rates = -(-runs // SEEDS)
+    lrs = [0.1 * 10 ** (k / max(rates - 1, 1)) for k in range(rates)]
+    return [(seed, lr) for lr in lrs for seed in range(SEEDS)][:runs]
+
+
+def feature_margin_config(seed: int, lr: float, steps: int) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "seed": seed,
+            "optimizer": {"name": "ema_momentum", "lr": lr, "momentum": MOMENTUM},
+            "train": {"steps": steps, "log_every": NEVER, "checkpoint_every": NEVER},
+        }
+    )
+
+
+def naive_run(config: RunConfig) -> None:
+    """One run of the naive reference loop (as in feature_margin_step.py)."""
+    data = build_data(config)
+    inputs, labels = data.train.inputs, data.train.labels  # float64
+    model = CubicCNN(config.model.width, config.data.dim, config.model.init_std).double()
+    model.load_state_dict({"weight": build_model(config).weight.detach().double()})
+    lr, momentum = ema_to_heavy_ball(config.optimizer.lr, config.optimizer.momentum)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    for _ in range(config.train.steps):
+        optimizer.zero_grad()
+        loss = logistic_objective(model(inputs), labels, model.weight, 0.0)
+        loss.backward()
+        optimizer.step()
+
+
+def seconds(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def report(label: str, run_steps: int, elapsed: float) -> float:
+    print(f"  {label:<58} {elapsed:8.2f} s  {run_steps / elapsed:10.1f} run-steps/s")
+    return run_steps / elapsed
+
+
+def feature_margin_suite(runs: int, steps: int) -> None:
+    configs = [feature_margin_config(seed, lr, steps) for seed, lr in grid(runs)]
+    print(
+        f"feature-margin default (N=20000, d=30, P=5, m=5), GD+M γ={MOMENTUM}, {runs} runs "
+        f"({SEEDS} seeds) × {steps} steps, torch threads = {torch.get_num_threads()}"
+    )
+    total = runs * steps
+    batched = report(
+        "batched engine (train_batched, float32)",
+        total,
+        seconds(lambda: train_batched(configs, [None] * runs)),
+    )
+    single = report(
+        "one after another: train() (closed form, float32)",
+        total,
+        seconds(lambda: [train(config) for config in configs]),
+    )
+    naive = report(
+        "one after another: naive loop (autograd + SGD, float64)",
+        total,
+        seconds(lambda: [naive_run(config) for config in configs]),
+    )
+    print(f"  speed-up over the naive loop: {batched / naive:.2f}x (target >= 5x)")
+    print(f"  speed-up over train():        {batched / single:.2f}x")
+
+
+def student_config(architecture: str, batch_size: int | None, seed: int, lr: float, epochs: int):
+    """A Table 1 student as the teacher-student reproduction calibrates it (width, kernel), GD+M."""
+    return TeacherStudentRunConfig.model_validate(
+        {
+            "seed": seed,
+            "model": {"architecture": architecture, "width": STUDENT_WIDTHS[architecture]},
+            "optimizer": {"name": "ema_momentum", "lr": lr, "momentum": 0.9},
+            "train": {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "log_every_epochs": NEVER,
+                "checkpoint_every_epochs": NEVER,
+            },
+        }
+    )
+
+
+def students_suite(runs: int, epochs: int) -> None:
+    print(
+        f"teacher–student: Table 1's students as the reproduction calibrates them, GD+M γ=0.9, {runs} runs "
+        f"({SEEDS} seeds) × {epochs} epochs each, torch threads = {torch.get_num_threads()}"
+    )
+    totals = {"batched": 0.0, "sequential": 0.0}
+    for architecture in STUDENT_WIDTHS:
+        for batch_size in (None, MINIBATCH):
+            configs = [student_config(architecture, batch_size, s, lr, epochs) for s, lr in grid(runs)]
+            batched = seconds(lambda configs=configs: train_students_batched(configs, [None] * len(configs)))
+            sequential = seconds(lambda configs=configs: [train_student(c) for c in configs])
+            totals["batched"] += batched
+            totals["sequential"] += sequential
+            label = f"{architecture} (width {STUDENT_WIDTHS[architecture]}), " + (
+                "full batch" if batch_size is None else f"minibatch {batch_size}"
+            )
+            print(
+                f"  {label:36s} batched {batched:6.2f} s, train_student() one after another "
+                f"{sequential:6.2f} s: {sequential / batched:.2f}x"
+            )
+    ratio = totals["sequential"] / totals["batched"]
+    print(f"  all students: speed-up over train_student(): {ratio:.2f}x (target >= 10x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--suite", choices=["feature-margin", "students", "all"], default="all")
+    parser.add_argument("--steps", type=int, default=200, help="feature-margin steps per run")
+    parser.add_argument("--epochs", type=int, default=30, help="teacher-student epochs per run")
+    parser.add_argument("--runs", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.suite in ("feature-margin", "all"):
+        feature_margin_suite(args.runs, args.steps)
+    if args.suite in ("students", "all"):
+        students_suite(args.runs, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
