@@ -36,7 +36,7 @@ def test_cell_means_are_nan_where_a_seed_diverged():
     means = _cell_means(_table(), "test_accuracy_small").loc[0.0]
     assert means[0.5] == pytest.approx(0.6) and means[4.0] == pytest.approx(0.95)
     assert math.isnan(means[8.0])
-    assert _learning_rates_where_gd_learns(_table()) == ([4.0], [0.5])
+    assert _learning_rates_where_gd_learns(means) == ([4.0], [0.5])
 
 
 def test_grid_points_are_gd_at_zero_momentum_and_ema_momentum_otherwise():

@@ -12,13 +12,12 @@ from conftest import TINY_RAW, raise_at
 from typer.testing import CliRunner
 
 from momentumlab.cli import app
-from momentumlab.config import ConfigError, ImageRunConfig, RunConfig, config_hash
+from momentumlab.config import ConfigError, ImageRunConfig, RunConfig, config_hash, flatten
 from momentumlab.store import RunStore, plan_batches
 from momentumlab.sweep import (
     SweepSpec,
     execute,
     expand,
-    flatten,
     load_result,
     load_sweep,
     result_table,
@@ -87,7 +86,7 @@ def test_base_file_is_merged_under_base(tmp_path):
     ],
 )
 def test_invalid_sweeps_name_the_field(tmp_path, changes, message):
-    with pytest.raises(ConfigError, match=None) as caught:
+    with pytest.raises(ConfigError) as caught:
         configs_of(sweep_file(tmp_path, **changes))
     assert message in str(caught.value)
 

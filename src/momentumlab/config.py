@@ -128,10 +128,26 @@ class RunConfig(StrictModel):
         return self
 
 
+def content_hash(raw: dict[str, Any]) -> str:
+    """Stable hash (16 hex digits) of plain config data in canonical JSON form."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def config_hash(config: BaseModel) -> str:
     """Stable content hash (16 hex digits) of a config's full, canonical JSON form."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return content_hash(config.model_dump(mode="json"))
+
+
+def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config data → {dotted field: value} (tuples become lists, as in JSON)."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
 
 
 def _format_validation_error(error: ValidationError) -> str:

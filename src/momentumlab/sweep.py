@@ -43,6 +43,7 @@ from momentumlab.config import (
     TeacherStudentRunConfig,
     apply_overrides,
     config_hash,
+    flatten,
     load_raw,
     validate,
 )
@@ -135,9 +136,8 @@ def _train_batch(root: str, raw_configs: list[dict[str, Any]], threads: int) -> 
 
 def _split(batches: list[list[AnyRunConfig]], workers: int) -> list[list[AnyRunConfig]]:
     """Cut batches so that `workers` processes all have work (a batch never grows)."""
-    total = sum(len(batch) for batch in batches)
-    size = max(1, math.ceil(total / workers)) if workers > 1 else total
-    return [batch[i : i + size] for batch in batches for i in range(0, len(batch), max(size, 1))]
+    size = max(1, math.ceil(sum(len(batch) for batch in batches) / workers))
+    return [batch[i : i + size] for batch in batches for i in range(0, len(batch), size)]
 
 
 def execute(
@@ -223,17 +223,6 @@ def _execute_ray(batches: list[list[AnyRunConfig]], root: Path, address: str | N
         except Exception as error:  # noqa: BLE001 - reported, the other batches go on
             failures.append(f"{len(batch)} runs: {type(error).__name__}: {error}")
     return failures
-
-
-def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config data → {dotted field: value}."""
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
 
 
 def result_table(configs: list[AnyRunConfig], store: RunStore) -> pd.DataFrame:

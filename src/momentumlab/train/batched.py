@@ -21,8 +21,6 @@ one checkpoint per run in the single-run format, so either trainer resumes what 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +31,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from momentumlab.config import OptimizerConfig, RunConfig
+from momentumlab.config import OptimizerConfig, RunConfig, content_hash
 from momentumlab.data.feature_margin import FeatureMarginData, FeatureMarginSet
 from momentumlab.optim.momentum import build_optimizer
 from momentumlab.probes.projections import feature_margin_measurements
@@ -61,8 +59,7 @@ def batch_key(config: RunConfig) -> str | None:
         return None
     shared = config.model_dump(mode="json")
     shared["seed"] = shared["data"]["seed"] = shared["optimizer"] = shared["train"]["l2"] = None
-    canonical = json.dumps(shared, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return content_hash(shared)
 
 
 def rule_coefficients(config: OptimizerConfig) -> tuple[float, float, float, float]:

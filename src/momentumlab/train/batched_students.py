@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from momentumlab.config import OptimizerConfig, TeacherStudentRunConfig, config_hash
+from momentumlab.config import OptimizerConfig, TeacherStudentRunConfig, content_hash, flatten
 from momentumlab.data.teacher import TeacherData
 from momentumlab.models.mlp import stacked_outputs
 from momentumlab.optim.momentum import build_optimizer
@@ -73,7 +73,7 @@ def student_batch_key(config: object) -> str | None:
     """Equal keys for runs that can train in one batch; None for a config that is not a student run."""
     if not isinstance(config, TeacherStudentRunConfig):
         return None
-    return config_hash(TeacherStudentRunConfig.model_validate(_shared_fields(config)))
+    return content_hash(_shared_fields(config))
 
 
 def _update_coefficients(optimizer: OptimizerConfig) -> tuple[float, float, float, float]:
@@ -228,9 +228,9 @@ def _chunks(runs: list[_Run], batch_rows: int) -> list[_Chunk]:
 
 def _batch_error(configs: Sequence[TeacherStudentRunConfig]) -> str | None:
     """Which fields keep `configs` from sharing a batch, or None when they can."""
-    first = _flatten(_shared_fields(configs[0]))
+    first = flatten(_shared_fields(configs[0]))
     for index, config in enumerate(configs[1:], start=1):
-        fields = _flatten(_shared_fields(config))
+        fields = flatten(_shared_fields(config))
         differing = [key for key in first if fields[key] != first[key]]
         if differing:
             shown = ", ".join(
@@ -241,16 +241,6 @@ def _batch_error(configs: Sequence[TeacherStudentRunConfig]) -> str | None:
                 "data.seed, data.teacher, data.teacher_width, data.kernel_size, optimizer and train.weight_decay"
             )
     return None
-
-
-def _flatten(raw: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def train_students_batched(
