@@ -2,7 +2,7 @@
 
 The naive reference is what one would write by hand: the cubic CNN as an `nn.Module` in float64,
 autograd for the gradient and `torch.optim.SGD` for GD+M (heavy-ball form with lr = η(1−γ), which has
-GD+M's iterates). The project's number is the per-step cost of `momentumlab.train.loop.train` itself,
+GD+M's iterates). The project's number is the per-step cost of `momentumlab.train.feature_margin.train_feature_margin` itself,
 measured as the difference between two run lengths so that data generation and setup cancel.
 
     python benchmarks/feature_margin_step.py [--steps 1000] [--repeats 3]
@@ -15,16 +15,16 @@ import time
 
 import torch
 
-from momentumlab.config import RunConfig
 from momentumlab.models.cubic_cnn import CubicCNN, logistic_objective
 from momentumlab.optim import ema_to_heavy_ball
-from momentumlab.train.loop import build_data, build_model, train
+from momentumlab.runs.feature_margin import FeatureMarginRunConfig
+from momentumlab.train.feature_margin import build_data, build_model, train_feature_margin
 
 LR, MOMENTUM = 0.5, 0.99
 
 
-def config(steps: int) -> RunConfig:
-    return RunConfig.model_validate(
+def config(steps: int) -> FeatureMarginRunConfig:
+    return FeatureMarginRunConfig.model_validate(
         {
             "optimizer": {"name": "ema_momentum", "lr": LR, "momentum": MOMENTUM},
             "train": {"steps": steps, "log_every": 10**9, "checkpoint_every": 10**9},
@@ -33,7 +33,10 @@ def config(steps: int) -> RunConfig:
 
 
 def trainer_ms_per_step(steps: int) -> float:
-    short, long = train(config(steps // 5)).seconds, train(config(steps // 5 + steps)).seconds
+    short, long = (
+        train_feature_margin(config(steps // 5)).seconds,
+        train_feature_margin(config(steps // 5 + steps)).seconds,
+    )
     return 1e3 * (long - short) / steps
 
 

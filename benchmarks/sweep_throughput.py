@@ -1,15 +1,15 @@
 """Sweep throughput: many runs trained in one computation by the batched engines vs one after another.
 
 feature-margin: R runs of the feature–margin default (GD+M, γ = 0.99; learning rates × 4 seeds, so
-4 datasets) for a fixed number of steps, through `momentumlab.train.batched.train_batched`, vs the same
+4 datasets) for a fixed number of steps, through `momentumlab.train.feature_margin_batched.train_batched`, vs the same
 runs one after another with (a) the naive reference loop of `feature_margin_step.py` (the cubic CNN as
 an `nn.Module` in float64, autograd, `torch.optim.SGD` in heavy-ball form) and (b) the project's
-single-run trainer `momentumlab.train.loop.train` (the stricter baseline). Target: ≥ 5× over (a).
+single-run trainer `momentumlab.train.feature_margin.train_feature_margin` (the stricter baseline). Target: ≥ 5× over (a).
 
 students: for each of Table 1's students as the teacher–student reproduction calibrates them (full
 batch and its SGD minibatch), R runs (GD+M; learning rates × 4 seeds) for a fixed number of epochs,
-through `momentumlab.train.batched_students.train_students_batched`, vs
-`momentumlab.train.students.train_student` one after another. Target: ≥ 10×.
+through `momentumlab.train.teacher_student_batched.train_students_batched`, vs
+`momentumlab.train.teacher_student.train_student` one after another. Target: ≥ 10×.
 
 Every number is end to end in this process, setup included (drawing data, building models, the first
 and last logged rows), since that is what a sweep costs; logging and checkpoints are otherwise off.
@@ -27,16 +27,19 @@ from collections.abc import Callable
 import torch
 import torch._dynamo  # torch.optim imports it on first use: here, that second stays out of the timings
 
-from momentumlab.config import RunConfig, TeacherStudentRunConfig
-from momentumlab.experiments.teacher_student import MINIBATCH, STUDENT_WIDTHS
+from momentumlab.experiments.teacher_student import Settings as TableOneSettings
 from momentumlab.models.cubic_cnn import CubicCNN, logistic_objective
 from momentumlab.optim import ema_to_heavy_ball
-from momentumlab.train.batched import train_batched
-from momentumlab.train.batched_students import train_students_batched
-from momentumlab.train.loop import build_data, build_model, train
-from momentumlab.train.students import train_student
+from momentumlab.runs.feature_margin import FeatureMarginRunConfig
+from momentumlab.runs.teacher_student import TeacherStudentRunConfig
+from momentumlab.train.feature_margin import build_data, build_model, train_feature_margin
+from momentumlab.train.feature_margin_batched import train_batched
+from momentumlab.train.teacher_student import train_student
+from momentumlab.train.teacher_student_batched import train_students_batched
 
 MOMENTUM = 0.99
+STUDENT_WIDTHS = TableOneSettings().students  # Table 1's calibrated students
+MINIBATCH = TableOneSettings().minibatch.batch_size
 SEEDS = 4
 NEVER = 10**9  # log_every / checkpoint_every beyond any run: only the first and last rows are measured
 
@@ -48,8 +51,8 @@ def grid(runs: int) -> list[tuple[int, float]]:
     return [(seed, lr) for lr in lrs for seed in range(SEEDS)][:runs]
 
 
-def feature_margin_config(seed: int, lr: float, steps: int) -> RunConfig:
-    return RunConfig.model_validate(
+def feature_margin_config(seed: int, lr: float, steps: int) -> FeatureMarginRunConfig:
+    return FeatureMarginRunConfig.model_validate(
         {
             "seed": seed,
             "optimizer": {"name": "ema_momentum", "lr": lr, "momentum": MOMENTUM},
@@ -58,7 +61,7 @@ def feature_margin_config(seed: int, lr: float, steps: int) -> RunConfig:
     )
 
 
-def naive_run(config: RunConfig) -> None:
+def naive_run(config: FeatureMarginRunConfig) -> None:
     """One run of the naive reference loop (as in feature_margin_step.py)."""
     data = build_data(config)
     inputs, labels = data.train.inputs, data.train.labels  # float64
@@ -97,9 +100,9 @@ def feature_margin_suite(runs: int, steps: int) -> None:
         seconds(lambda: train_batched(configs, [None] * runs)),
     )
     single = report(
-        "one after another: train() (closed form, float32)",
+        "one after another: train_feature_margin() (closed form, float32)",
         total,
-        seconds(lambda: [train(config) for config in configs]),
+        seconds(lambda: [train_feature_margin(config) for config in configs]),
     )
     naive = report(
         "one after another: naive loop (autograd + SGD, float64)",
@@ -107,7 +110,7 @@ def feature_margin_suite(runs: int, steps: int) -> None:
         seconds(lambda: [naive_run(config) for config in configs]),
     )
     print(f"  speed-up over the naive loop: {batched / naive:.2f}x (target >= 5x)")
-    print(f"  speed-up over train():        {batched / single:.2f}x")
+    print(f"  speed-up over train_feature_margin():        {batched / single:.2f}x")
 
 
 def student_config(architecture: str, batch_size: int | None, seed: int, lr: float, epochs: int):

@@ -19,12 +19,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TINY_RAW
+from helpers import TINY_RAW
 from typer.testing import CliRunner
 
 from momentumlab.cli import app
-from momentumlab.config import config_hash, load_run_config
+from momentumlab.config import config_hash
 from momentumlab.experiments import REPRODUCTIONS
+from momentumlab.runs import load_run_config
 from momentumlab.store import RunStore
 
 CLI = [sys.executable, "-c", "from momentumlab.cli import app; app()"]
@@ -61,7 +62,13 @@ def four_g(value: float) -> str:
 
 
 RUN_OVERRIDES = ["optimizer.name=ema_momentum", "optimizer.momentum=0.9", "seed=2"]
-REPRODUCE_OVERRIDES = ["data.n_train=400", "data.n_test=200", "train.steps=40", "train.log_every=10"]
+REPRODUCE_OVERRIDES = [
+    "data.n_train=400",
+    "data.n_test=200",
+    "train.steps=40",
+    "train.log_every=10",
+    "train.sharpness_every=20",
+]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +128,7 @@ def test_run_prints_the_run_id_status_and_final_measurements(completed):
     run_id = config_hash(config)
     run_folder = folder / "store" / "runs" / run_id
     lines = result.stdout.splitlines()
-    assert lines[0] == f"run {run_id}: complete ({Path('store') / 'runs' / run_id})"
+    assert lines[0] == f"run {run_id} (feature_margin): complete ({Path('store') / 'runs' / run_id})"
     final = pd.read_csv(run_folder / "metrics.csv").iloc[-1]
     assert f"  {'step':28s} 60" in lines
     assert f"  {'train_loss':28s} {four_g(final['train_loss'])}" in lines
@@ -151,7 +158,7 @@ def test_run_reports_divergence(completed, monkeypatch):
     assert result.exit_code == 0, result.output
     run_id = config_hash(load_run_config(folder / "tiny.yaml", overrides))
     lines = result.stdout.splitlines()
-    assert lines[0] == f"run {run_id}: diverged ({Path('diverged-store') / 'runs' / run_id})"
+    assert lines[0] == f"run {run_id} (feature_margin): diverged ({Path('diverged-store') / 'runs' / run_id})"
     assert lines[1] == "  non-finite loss at step 1"
     assert f"  {'step':28s} 0" in lines  # the last finite measurement
 
@@ -162,9 +169,11 @@ def test_ls_lists_the_run(session, completed):
     result = results["ls"]
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["run", "status", "optimizer", "lr", "momentum", "seed", "steps", "updated"]
+    assert header.split() == ["run", "kind", "status", "seed", "updated", "optimizer"]
     assert len(rows) == 1
-    assert rows[0].split()[:7] == [config_hash(config), "complete", "ema_momentum", "0.5", "0.9", "2", "60"]
+    fields = rows[0].split()
+    assert fields[:4] == [config_hash(config), "feature_margin", "complete", "2"]
+    assert fields[5:] == ["name=ema_momentum", "lr=0.5", "momentum=0.9"]
 
 
 def test_ls_on_an_empty_store(tmp_path):
@@ -282,9 +291,12 @@ def test_reproduce_feature_margin_writes_report_claims_and_figures(session):
 
     for name in ("training.png", "theory.png"):
         assert (out / "feature-margin" / name).read_bytes()[:8] == PNG_MAGIC
-    final = pd.read_csv(out / "feature-margin" / "final_metrics.csv")
+    final = pd.read_csv(out / "feature-margin" / "final.csv")
     assert sorted(final["optimizer"]) == ["GD", "GD+M"]
     assert final["step"].tolist() == [40, 40]
+    assert by_id["gdm-fits-train"]["measured"] == final.query("optimizer == 'GD+M'")["train_accuracy"].item()
+    settings = json.loads((out / "feature-margin" / "settings.json").read_text())
+    assert (settings["seeds"], settings["data"]["n_train"], settings["train"]["steps"]) == ([0], 400, 40)
 
     stdout = result.stdout.splitlines()
     assert stdout[0] == "feature-margin:"
@@ -292,10 +304,10 @@ def test_reproduce_feature_margin_writes_report_claims_and_figures(session):
     assert stdout[-1] == f"report: {Path('out') / 'report.md'}"
 
     runs = RunStore(folder / "reproduce-store").list()
-    assert sorted((row["optimizer"], row["seed"], row["steps"], row["status"]) for row in runs) == [
-        ("ema_momentum", 0, 40, "complete"),
-        ("gd", 0, 40, "complete"),
-    ]
+    optimizers = sorted(
+        (json.loads(row["config"])["optimizer"]["name"], row["seed"], row["status"]) for row in runs
+    )
+    assert optimizers == [("ema_momentum", 0, "complete"), ("gd", 0, "complete")]
     for run_id in (row["run_id"] for row in runs):
         assert f"`{run_id}`" in report
 
@@ -313,7 +325,7 @@ KILLED_OVERRIDES = [
 
 
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"seed": 1}))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"kind": "feature_margin", "seed": 1}))
     args = ["run", "run.yaml", *KILLED_OVERRIDES, "--no-progress"]
     run_id = config_hash(load_run_config(tmp_path / "run.yaml", KILLED_OVERRIDES))
     run_folder = tmp_path / "killed" / "runs" / run_id
@@ -365,7 +377,7 @@ def check_kill_and_resume(tmp_path, args, run_folder, reference, victim):
         check=False,
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.startswith(f"run {run_folder.name}: complete")
+    assert resumed.stdout.startswith(f"run {run_folder.name} (feature_margin): complete")
     status = json.loads((run_folder / "status.json").read_text())
     assert status["status"] == "complete"
     assert status["resumed_from_step"] > 0 and status["resumed_from_step"] % 50 == 0

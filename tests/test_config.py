@@ -1,4 +1,4 @@
-"""RunConfig: defaults, YAML/TOML loading, dotted overrides, error messages and the content hash."""
+"""FeatureMarginRunConfig: defaults, YAML/TOML loading, dotted overrides, error messages and the content hash."""
 
 from __future__ import annotations
 
@@ -6,21 +6,15 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RAW, make_tiny_config, tiny_raw
+from helpers import TINY_RAW, make_tiny_config, tiny_raw
 from pydantic import ValidationError
 
-from momentumlab.config import (
-    ConfigError,
-    RunConfig,
-    apply_overrides,
-    config_hash,
-    load_raw,
-    load_run_config,
-    parse_override,
-    validate,
-)
+from momentumlab.config import ConfigError, apply_overrides, config_hash, load_raw, parse_override, validate
+from momentumlab.runs import load_run_config, parse_run_config
+from momentumlab.runs.feature_margin import FeatureMarginRunConfig
 
 TINY_YAML = """\
+kind: feature_margin
 seed: 3
 data:
   n_train: 400
@@ -45,6 +39,7 @@ train:
 """
 
 TINY_TOML = """\
+kind = "feature_margin"
 seed = 3
 
 [data]
@@ -86,12 +81,13 @@ TINY_DICT_REORDERED = {
     "model": {"init_std": 0.1, "width": 4},
     "data": {"alpha": 4.0, "patches": 3, "dim": 10, "n_test": 200, "n_train": 400},
     "seed": 3,
+    "kind": "feature_margin",
 }
 
-# config_hash(RunConfig()) with data.n_val, train.gradient_penalty and train.sharpness_every present. The
+# config_hash(FeatureMarginRunConfig()) with the top-level `kind` (since run kinds are a registry). The
 # hash is the run store's key: if this value changes (a default changed, a field was added or renamed, or
 # the hashing itself changed), every stored run is orphaned and will be retrained. Update it on purpose only.
-DEFAULT_CONFIG_HASH = "bfe48d33895069e8"
+DEFAULT_CONFIG_HASH = "9d8b85498a47cf01"
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -100,9 +96,14 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
+def from_overrides(overrides: list[str] = ()) -> FeatureMarginRunConfig:
+    """The feature–margin defaults with dotted overrides, as `momentumlab run` builds a config."""
+    return parse_run_config(apply_overrides({"kind": "feature_margin"}, list(overrides)))
+
+
 def config_error(overrides: list[str]) -> str:
     with pytest.raises(ConfigError) as caught:
-        load_run_config(None, overrides)
+        from_overrides(overrides)
     return str(caught.value)
 
 
@@ -110,9 +111,9 @@ def config_error(overrides: list[str]) -> str:
 
 
 def test_defaults_validate_to_the_documented_values():
-    config = RunConfig()
-    assert validate(RunConfig, {}) == config
-    assert load_run_config(None) == config
+    config = FeatureMarginRunConfig()
+    assert validate(FeatureMarginRunConfig, {}) == config
+    assert from_overrides() == config
     assert config.seed == 0
     assert (config.data.n_train, config.data.n_test, config.data.dim, config.data.patches) == (
         20000,
@@ -141,9 +142,17 @@ def test_yaml_and_toml_give_the_same_config(tmp_path):
     assert config_hash(from_yaml) == config_hash(from_toml)
 
 
-def test_yml_suffix_is_read_as_yaml_and_empty_file_means_defaults(tmp_path):
+def test_yml_suffix_is_read_as_yaml_and_a_config_must_name_its_kind(tmp_path):
     assert load_run_config(write(tmp_path, "run.yml", TINY_YAML)).optimizer.lr == 0.25
-    assert load_run_config(write(tmp_path, "empty.yaml", "")) == RunConfig()
+    for text in ("", "seed: 3\n"):
+        with pytest.raises(
+            ConfigError, match="kind is missing.*allowed: feature_margin, image, teacher_student"
+        ):
+            load_run_config(write(tmp_path, "nameless.yaml", text))
+    with pytest.raises(
+        ConfigError, match="kind = 'mlp' is not a registered run kind; allowed: feature_margin"
+    ):
+        load_run_config(write(tmp_path, "unknown.yaml", "kind: mlp\n"))
 
 
 def test_the_shipped_config_file_loads():
@@ -195,17 +204,17 @@ def test_apply_overrides_copies_and_creates_sections():
     assert raw == {"optimizer": {"lr": 0.5}}  # the input is not modified
     assert result == {"optimizer": {"lr": 0.2, "momentum": 0.9}, "train": {"l2": "1e-3"}}
     # PyYAML reads '1e-3' as a string; validation still turns it into the float.
-    assert validate(RunConfig, {"train": result["train"]}).train.l2 == 0.001
+    assert validate(FeatureMarginRunConfig, {"train": result["train"]}).train.l2 == 0.001
 
 
 def test_later_overrides_win():
-    assert load_run_config(None, ["optimizer.lr=0.1", "optimizer.lr=0.3"]).optimizer.lr == 0.3
+    assert from_overrides(["optimizer.lr=0.1", "optimizer.lr=0.3"]).optimizer.lr == 0.3
 
 
 @pytest.mark.parametrize("text", ["optimizer.lr", "noequals", "=0.1", " =0.1"])
 def test_malformed_override_is_rejected(text):
     with pytest.raises(ConfigError, match="must look like key.path=value") as caught:
-        load_run_config(None, [text])
+        from_overrides([text])
     assert repr(text) in str(caught.value)
 
 
@@ -284,18 +293,15 @@ def test_gd_with_momentum_is_rejected():
     assert "momentum = 0.5 is not allowed with name = 'gd'" in message
     assert "ema_momentum" in message  # says what to use instead
     # With a momentum rule the same value is fine, and GD with momentum 0 is fine.
-    assert (
-        load_run_config(None, ["optimizer.name=ema_momentum", "optimizer.momentum=0.5"]).optimizer.momentum
-        == 0.5
-    )
-    assert load_run_config(None, ["optimizer.momentum=0"]).optimizer.name == "gd"
+    assert from_overrides(["optimizer.name=ema_momentum", "optimizer.momentum=0.5"]).optimizer.momentum == 0.5
+    assert from_overrides(["optimizer.momentum=0"]).optimizer.name == "gd"
 
 
 def test_batch_size_larger_than_the_training_set_is_rejected():
     message = config_error(["data.n_train=400", "train.batch_size=401"])
     assert "train.batch_size = 401 exceeds data.n_train = 400" in message
     assert "allowed: 1..400 or null (full batch)" in message
-    assert load_run_config(None, ["data.n_train=400", "train.batch_size=400"]).train.batch_size == 400
+    assert from_overrides(["data.n_train=400", "train.batch_size=400"]).train.batch_size == 400
 
 
 def test_small_margin_must_be_below_large_margin():
@@ -326,7 +332,11 @@ def test_unparsable_files_are_rejected(tmp_path, name, text, expected):
 
 
 @pytest.mark.parametrize(
-    ("name", "text"), [("date.yaml", "seed: 2020-01-01\n"), ("date.toml", "seed = 2020-01-01\n")]
+    ("name", "text"),
+    [
+        ("date.yaml", "kind: feature_margin\nseed: 2020-01-01\n"),
+        ("date.toml", 'kind = "feature_margin"\nseed = 2020-01-01\n'),
+    ],
 )
 def test_a_date_value_in_a_file_is_a_config_error(tmp_path, name, text):
     # YAML and TOML both parse 2020-01-01 as a date, which is not JSON data.
@@ -336,7 +346,7 @@ def test_a_date_value_in_a_file_is_a_config_error(tmp_path, name, text):
 
 
 def test_configs_are_frozen():
-    config = RunConfig()
+    config = FeatureMarginRunConfig()
     with pytest.raises(ValidationError, match="frozen"):
         config.seed = 5  # type: ignore[misc]
     assert config.seed == 0
@@ -346,7 +356,7 @@ def test_configs_are_frozen():
 
 
 def test_hash_is_16_hex_digits_and_pinned_for_the_defaults():
-    value = config_hash(RunConfig())
+    value = config_hash(FeatureMarginRunConfig())
     assert re.fullmatch(r"[0-9a-f]{16}", value)
     assert value == DEFAULT_CONFIG_HASH
 
@@ -354,9 +364,8 @@ def test_hash_is_16_hex_digits_and_pinned_for_the_defaults():
 def test_hash_is_equal_for_equal_configs_built_differently(tmp_path):
     from_yaml = load_run_config(write(tmp_path, "run.yaml", TINY_YAML))
     from_toml = load_run_config(write(tmp_path, "run.toml", TINY_TOML))
-    from_dict = validate(RunConfig, TINY_DICT_REORDERED)
-    from_overrides = load_run_config(
-        None,
+    from_dict = validate(FeatureMarginRunConfig, TINY_DICT_REORDERED)
+    overridden = from_overrides(
         [
             "seed=3",
             "data.n_train=400",
@@ -379,15 +388,20 @@ def test_hash_is_equal_for_equal_configs_built_differently(tmp_path):
     )
     # Spelling defaults out explicitly, or giving an int where a float is expected, changes nothing.
     explicit = validate(
-        RunConfig, TINY_DICT_REORDERED | {"model": {"init_std": 0.1, "width": 4, "kind": "cubic_cnn"}}
+        FeatureMarginRunConfig,
+        TINY_DICT_REORDERED
+        | {
+            "model": {"init_std": 0.1, "width": 4},
+            "optimizer": {"momentum": 0.9, "lr": 0.25, "name": "ema_momentum"},
+        },
     )
-    hashes = {config_hash(c) for c in (from_yaml, from_toml, from_dict, from_overrides, explicit)}
+    hashes = {config_hash(c) for c in (from_yaml, from_toml, from_dict, overridden, explicit)}
     assert len(hashes) == 1
-    assert config_hash(RunConfig()) == config_hash(
-        validate(RunConfig, {"optimizer": {"lr": 0.5, "momentum": 0}})
+    assert config_hash(FeatureMarginRunConfig()) == config_hash(
+        validate(FeatureMarginRunConfig, {"optimizer": {"lr": 0.5, "momentum": 0}})
     )
-    assert config_hash(validate(RunConfig, {"optimizer": {"lr": 1}})) == config_hash(
-        validate(RunConfig, {"optimizer": {"lr": 1.0}})
+    assert config_hash(validate(FeatureMarginRunConfig, {"optimizer": {"lr": 1}})) == config_hash(
+        validate(FeatureMarginRunConfig, {"optimizer": {"lr": 1.0}})
     )
 
 
@@ -445,12 +459,12 @@ def test_hash_covers_every_field_of_the_config():
             else:
                 leaves.append(f"{prefix}{key}")
 
-    walk(RunConfig().model_dump(mode="json"), "")
+    walk(FeatureMarginRunConfig().model_dump(mode="json"), "")
     changed_fields = {change.split("=")[0] for change in CHANGES} | {"optimizer.momentum"}
-    # `kind` fields have a single allowed value, so they cannot change.
-    assert set(leaves) - changed_fields == {"data.kind", "model.kind"}
+    # `kind` has a single allowed value per schema, so it cannot change.
+    assert set(leaves) - changed_fields == {"kind"}
 
 
 def test_hash_of_the_tiny_config_is_stable_within_a_process():
-    assert config_hash(make_tiny_config()) == config_hash(validate(RunConfig, tiny_raw()))
-    assert config_hash(make_tiny_config()) == config_hash(validate(RunConfig, TINY_RAW))
+    assert config_hash(make_tiny_config()) == config_hash(validate(FeatureMarginRunConfig, tiny_raw()))
+    assert config_hash(make_tiny_config()) == config_hash(validate(FeatureMarginRunConfig, TINY_RAW))

@@ -13,11 +13,11 @@ from importlib import metadata
 import pandas as pd
 import pytest
 import torch
-from conftest import fail_on_step, raise_at
+from helpers import fail_on_step, raise_at
 
 from momentumlab.config import config_hash
 from momentumlab.store import RunStore, RunStoreError
-from momentumlab.train.loop import train
+from momentumlab.train.feature_margin import train_feature_margin
 
 MOMENTUM = ("optimizer.name=ema_momentum", "optimizer.momentum=0.9")
 DIVERGING = ("optimizer.lr=1e12", "model.init_std=1.0")  # finite at step 0, overflows float32 at step 1
@@ -30,7 +30,7 @@ def read_json(path):
 def test_run_writes_config_status_metrics_weights_and_environment(store, tiny_config):
     config = tiny_config(*MOMENTUM)
     stored = store.run(config)
-    record = train(config)
+    record = train_feature_margin(config)
 
     assert stored.run_id == config_hash(config)
     assert stored.folder == store.root / "runs" / stored.run_id
@@ -45,8 +45,8 @@ def test_run_writes_config_status_metrics_weights_and_environment(store, tiny_co
     assert read_json(stored.folder / "config.json") == config.model_dump(mode="json")
 
     status = read_json(stored.folder / "status.json")
-    assert status == stored.status
-    assert status["status"] == "complete"
+    assert status["status"] == stored.status == "complete"
+    assert (status["seconds"], status["extra"]) == (stored.seconds, stored.extra)
     assert status["step"] is None
     assert status["message"] == ""
     assert status["resumed_from_step"] == 0
@@ -62,7 +62,7 @@ def test_run_writes_config_status_metrics_weights_and_environment(store, tiny_co
     weights = torch.load(stored.folder / "weights.pt", weights_only=True)
     assert set(weights) == {"weight"}
     assert torch.equal(weights["weight"], record.weights["weight"])
-    assert torch.equal(stored.weights()["weight"], record.weights["weight"])
+    assert torch.equal(stored.load_weights()["weight"], record.weights["weight"])
 
     environment = read_json(stored.folder / "environment.json")
     assert environment == stored.environment()
@@ -84,10 +84,10 @@ def test_a_finished_run_is_returned_without_training(store, tiny_config):
 
     again = store.run(config, on_step=fail_on_step)
     assert again.run_id == first.run_id
-    assert again.status == status_before
+    assert read_json(first.folder / "status.json") == status_before
     assert (first.folder / "metrics.csv").read_text() == metrics_text
     # A fresh store object on the same folder finds it too.
-    assert RunStore(store.root).run(config, on_step=fail_on_step).status == status_before
+    assert RunStore(store.root).run(config, on_step=fail_on_step).rows == first.rows
 
 
 def test_force_retrains_a_finished_run(store, tiny_config):
@@ -96,8 +96,8 @@ def test_force_retrains_a_finished_run(store, tiny_config):
     steps = []
     forced = store.run(config, force=True, on_step=steps.append)
     assert steps == list(range(60))
-    assert forced.status["status"] == "complete"
-    assert forced.status["resumed_from_step"] == 0
+    assert forced.status == "complete"
+    assert forced.resumed_from_step == 0
     pd.testing.assert_frame_equal(forced.metrics(), first.metrics(), check_exact=True)
 
 
@@ -122,15 +122,15 @@ def test_interrupted_run_is_failed_and_resumes_to_the_uninterrupted_result(tmp_p
     steps = []
     resumed = store.run(config, on_step=steps.append)
     assert steps == list(range(20, 60))  # resumed from the checkpoint at step 20
-    assert resumed.status["status"] == "complete"
-    assert resumed.status["resumed_from_step"] == 20
+    assert resumed.status == "complete"
+    assert resumed.resumed_from_step == 20
     assert not (folder / "checkpoint.pt").exists()
 
     reference = RunStore(tmp_path / "reference").run(config)
-    assert reference.status["resumed_from_step"] == 0
+    assert reference.resumed_from_step == 0
     pd.testing.assert_frame_equal(resumed.metrics(), reference.metrics(), check_exact=True)
     assert (folder / "metrics.csv").read_bytes() == (reference.folder / "metrics.csv").read_bytes()
-    assert torch.equal(resumed.weights()["weight"], reference.weights()["weight"])
+    assert torch.equal(resumed.load_weights()["weight"], reference.load_weights()["weight"])
 
 
 def test_a_forced_rerun_that_fails_leaves_no_result(store, tiny_config):
@@ -139,8 +139,8 @@ def test_a_forced_rerun_that_fails_leaves_no_result(store, tiny_config):
     with pytest.raises(RuntimeError, match="interrupted at step 5"):
         store.run(config, force=True, on_step=raise_at(5))
     stored = store.get(config_hash(config))
-    assert stored.status["status"] == "failed"
-    assert stored.status["message"] == "RuntimeError: interrupted at step 5"
+    assert stored.status == "failed"
+    assert stored.message == "RuntimeError: interrupted at step 5"
     assert not stored.finished  # the old metrics.csv is not read as the result of this config
     steps = []
     store.run(config, on_step=steps.append)
@@ -161,17 +161,17 @@ def test_diverging_run_is_stored_as_diverged(store, tiny_config):
     assert row["status"] == "diverged"
     assert json.loads(row["final"]) == stored.final()
     # Diverged is a finished result: asking again does not retrain.
-    assert store.run(config, on_step=fail_on_step).status == status
+    assert store.run(config, on_step=fail_on_step).status == "diverged"
+    assert read_json(stored.folder / "status.json") == status
 
 
 def test_run_diverging_at_step_zero_has_readable_empty_metrics(store, tiny_config):
     stored = store.run(tiny_config("model.init_std=1e13"))  # f overflows float32 at the initialization
-    assert stored.status["status"] == "diverged"
-    assert stored.status["step"] == 0
-    assert stored.status["message"] == "non-finite loss at step 0"
-    metrics = stored.metrics()
-    assert len(metrics) == 0
-    assert list(metrics.columns[:2]) == ["step", "train_loss"]
+    assert stored.status == "diverged"
+    assert stored.diverged_at_step == 0
+    assert stored.message == "non-finite loss at step 0"
+    assert len(stored.metrics()) == 0
+    assert list(pd.read_csv(stored.folder / "metrics.csv").columns[:2]) == ["step", "train_loss"]
     assert stored.final() == {}
     (row,) = store.list()
     assert (row["status"], row["final"]) == ("diverged", None)
@@ -185,19 +185,11 @@ def test_list_returns_indexed_runs_with_their_status(store, tiny_config):
     rows = {row["run_id"]: row for row in store.list()}
     assert set(rows) == {config_hash(gd), config_hash(momentum)}
     row = rows[config_hash(momentum)]
-    assert (row["status"], row["optimizer"], row["lr"], row["momentum"], row["seed"], row["steps"]) == (
-        "complete",
-        "ema_momentum",
-        0.5,
-        0.9,
-        4,
-        30,
-    )
+    assert (row["kind"], row["status"], row["seed"]) == ("feature_margin", "complete", 4)
     assert json.loads(row["config"]) == momentum.model_dump(mode="json")
     assert json.loads(row["final"]) == store.get(config_hash(momentum)).final()
     assert json.loads(row["final"])["step"] == 30
-    assert rows[config_hash(gd)]["optimizer"] == "gd"
-    assert rows[config_hash(gd)]["momentum"] == 0.0
+    assert json.loads(rows[config_hash(gd)]["config"])["optimizer"]["name"] == "gd"
 
 
 def test_index_is_an_sqlite_file(store, tiny_config):
@@ -205,10 +197,22 @@ def test_index_is_an_sqlite_file(store, tiny_config):
     store.run(config)
     connection = sqlite3.connect(store.root / "index.sqlite")
     try:
-        rows = connection.execute("SELECT run_id, status, optimizer, steps FROM runs").fetchall()
+        rows = connection.execute("SELECT run_id, kind, status, seed FROM runs").fetchall()
     finally:
         connection.close()
-    assert rows == [(config_hash(config), "complete", "gd", 60)]
+    assert rows == [(config_hash(config), "feature_margin", "complete", 0)]
+
+
+def test_an_index_of_an_older_layout_is_rebuilt_from_the_folders(store, tiny_config):
+    config = tiny_config()
+    store.run(config)
+    with sqlite3.connect(store.root / "index.sqlite") as connection:
+        connection.execute("DROP TABLE runs")
+        connection.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT, optimizer TEXT)")
+    connection.close()
+    (row,) = RunStore(store.root).list()
+    assert (row["run_id"], row["kind"], row["status"]) == (config_hash(config), "feature_margin", "complete")
+    assert json.loads(row["final"]) == store.get(config_hash(config)).final()
 
 
 def test_get_by_unique_prefix(store, tiny_config):
@@ -218,7 +222,7 @@ def test_get_by_unique_prefix(store, tiny_config):
         stored = store.get(prefix)
         assert stored.run_id == run_id
         assert stored.config == config
-        assert stored.status["status"] == "complete"
+        assert stored.status == "complete"
 
 
 def test_unknown_or_ambiguous_prefix_raises(store, tiny_config):
@@ -249,10 +253,10 @@ def test_a_run_being_trained_elsewhere_is_refused(store, tiny_config):
     folder.mkdir(parents=True)
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's lock, as far as flock cares
-        with pytest.raises(RunStoreError, match="is being trained by another process"):
+        with pytest.raises(RunStoreError, match="is being computed by another process"):
             store.run(config, on_step=fail_on_step)
         fcntl.flock(lock, fcntl.LOCK_UN)
-    assert store.run(config).status["status"] == "complete"
+    assert store.run(config).status == "complete"
 
 
 def test_default_root_comes_from_the_environment(tmp_path, monkeypatch):
@@ -265,7 +269,7 @@ def test_default_root_comes_from_the_environment(tmp_path, monkeypatch):
 
 def test_an_image_run_is_stored_and_reused(store, tmp_path):
     """ImageRunConfig runs go through the same store: trained once, then returned from disk."""
-    from momentumlab.config import ImageRunConfig
+    from momentumlab.runs.image import ImageRunConfig
 
     config = ImageRunConfig.model_validate(
         {
@@ -276,10 +280,10 @@ def test_an_image_run_is_stored_and_reused(store, tmp_path):
         }
     )
     stored = store.run(config)
-    assert stored.status["status"] == "complete"
+    assert stored.status == "complete"
     assert stored.run_id == config_hash(config)
     assert isinstance(store.get(stored.run_id).config, ImageRunConfig)
     assert stored.metrics()["epoch"].tolist()[-1] == 3
-    assert store.run(config, on_step=fail_on_step).status == stored.status
+    pd.testing.assert_frame_equal(store.run(config, on_step=fail_on_step).metrics(), stored.metrics())
     (row,) = [r for r in store.list() if r["run_id"] == stored.run_id]
-    assert (row["optimizer"], row["steps"]) == ("ema_momentum", 3)
+    assert (row["kind"], row["status"]) == ("image", "complete")

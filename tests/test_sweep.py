@@ -8,11 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_RAW, raise_at
+from helpers import TINY_RAW, raise_at
 from typer.testing import CliRunner
 
 from momentumlab.cli import app
-from momentumlab.config import ConfigError, ImageRunConfig, RunConfig, config_hash, flatten
+from momentumlab.config import ConfigError, config_hash, flatten
+from momentumlab.runs.feature_margin import FeatureMarginRunConfig
+from momentumlab.runs.image import ImageRunConfig
 from momentumlab.store import RunStore, plan_batches
 from momentumlab.sweep import (
     SweepSpec,
@@ -23,10 +25,10 @@ from momentumlab.sweep import (
     result_table,
     write_result,
 )
-from momentumlab.train.loop import train
+from momentumlab.train.feature_margin import train_feature_margin
 
 SWEEP = {
-    "run": "feature_margin",
+    "kind": "feature_margin",
     "base": TINY_RAW,
     "grid": {"optimizer.lr": [0.25, 0.5]},
     "points": [
@@ -44,7 +46,7 @@ def sweep_file(tmp_path: Path, **changes: object) -> Path:
     return path
 
 
-def configs_of(path: Path) -> list[RunConfig]:
+def configs_of(path: Path) -> list[FeatureMarginRunConfig]:
     return expand(*load_sweep(path))
 
 
@@ -82,7 +84,7 @@ def test_base_file_is_merged_under_base(tmp_path):
         ({"grid": {"optimizer.lr": []}}, "grid.optimizer.lr = []"),
         ({"grid": {"seed": [1, 2]}}, "under `seeds`"),
         ({"seeds": [-1]}, "seeds"),
-        ({"run": "cifar"}, "run = 'cifar'"),
+        ({"kind": "cifar"}, "kind = 'cifar' is not a registered run kind"),
     ],
 )
 def test_invalid_sweeps_name_the_field(tmp_path, changes, message):
@@ -110,7 +112,7 @@ def test_cli_sweep_writes_the_table_and_reuses_finished_points(tmp_path):
     # Each row is the run's final measurement, and equals the same run trained alone.
     config = configs_of(path)[5]
     row = table.set_index("run_id").loc[config_hash(config)]
-    alone = train(config).rows[-1]
+    alone = train_feature_margin(config).rows[-1]
     for column in ("test_accuracy", "val_accuracy", "train_loss", "signal_max"):
         assert row[column] == pytest.approx(alone[column], rel=1e-4, abs=1e-6), column
 
@@ -130,7 +132,7 @@ def test_cli_sweep_rejects_bad_input(tmp_path):
     assert result.exit_code == 2 and "--workers = 0" in result.output
 
 
-def _table(configs: list[RunConfig], store: RunStore) -> pd.DataFrame:
+def _table(configs: list[FeatureMarginRunConfig], store: RunStore) -> pd.DataFrame:
     return result_table(configs, store).set_index("run_id")[COMPARED].sort_index()
 
 
@@ -146,7 +148,7 @@ def test_killed_sweep_trains_only_what_is_missing_and_matches_an_uninterrupted_o
             configs[2:], on_step=raise_at(30, KeyboardInterrupt)
         )  # killed after the checkpoint at 20
     assert all(store.checkpoint_position(c) == 20 for c in configs[2:])
-    assert [store.get(config_hash(c)).status["status"] for c in configs[2:]] == ["failed"] * 6
+    assert [store.get(config_hash(c)).status for c in configs[2:]] == ["failed"] * 6
     finished = {c: (store.folder(config_hash(c)) / "status.json").stat().st_mtime_ns for c in configs[:2]}
 
     messages: list[str] = []
@@ -155,7 +157,7 @@ def test_killed_sweep_trains_only_what_is_missing_and_matches_an_uninterrupted_o
     assert all(
         (store.folder(config_hash(c)) / "status.json").stat().st_mtime_ns == t for c, t in finished.items()
     )
-    assert all(store.get(config_hash(c)).status["resumed_from_step"] == 20 for c in configs[2:])
+    assert all(store.get(config_hash(c)).resumed_from_step == 20 for c in configs[2:])
     pd.testing.assert_frame_equal(_table(configs, store), _table(configs, clean), rtol=1e-5, atol=1e-7)
 
 
@@ -163,10 +165,10 @@ def test_plan_batches_groups_by_engine_key_and_resume_position(tmp_path, store):
     configs = configs_of(sweep_file(tmp_path))
     with pytest.raises(RuntimeError):
         store.run_many(configs[:3], on_step=raise_at(30))  # three runs now resume from step 20
-    longer = RunConfig.model_validate(
+    longer = FeatureMarginRunConfig.model_validate(
         {**configs[0].model_dump(), "train": {**TINY_RAW["train"], "steps": 80}}
     )
-    penalized = RunConfig.model_validate(
+    penalized = FeatureMarginRunConfig.model_validate(
         {**configs[0].model_dump(), "train": {**TINY_RAW["train"], "gradient_penalty": 0.1}}
     )
     image = ImageRunConfig(model={"name": "small_cnn"}, data={"name": "digits"})
@@ -197,7 +199,7 @@ def test_a_failing_batch_is_reported_and_the_others_finish(tmp_path, monkeypatch
     store = RunStore(tmp_path / "store")
     failures = execute([*configs, missing_dataset], store)
     assert len(failures) == 1 and "1 runs: DatasetError" in failures[0]
-    assert [store.get(config_hash(c)).status["status"] for c in configs] == ["complete", "complete"]
+    assert [store.get(config_hash(c)).status for c in configs] == ["complete", "complete"]
     table = result_table([*configs, missing_dataset], store)
     assert list(table["status"]) == ["complete", "complete", "failed"]
 
@@ -219,10 +221,10 @@ def test_ray_backend_gives_the_same_table(tmp_path):
 
 def test_result_round_trips_through_csv_and_parquet(tmp_path):
     table = pd.DataFrame({"run_id": ["a", "b"], "optimizer.lr": [0.1, 0.2], "test_accuracy": [0.5, 1.0]})
-    write_result(table, SweepSpec(), tmp_path / "out")
+    write_result(table, SweepSpec(kind="feature_margin"), tmp_path / "out")
     pd.testing.assert_frame_equal(load_result(tmp_path / "out"), table)
     pd.testing.assert_frame_equal(load_result(tmp_path / "out" / "results.parquet"), table)
-    assert json.loads((tmp_path / "out" / "sweep.json").read_text())["run"] == "feature_margin"
+    assert json.loads((tmp_path / "out" / "sweep.json").read_text())["kind"] == "feature_margin"
     with pytest.raises(ConfigError, match="does not exist"):
         load_result(tmp_path / "nowhere")
 

@@ -21,6 +21,7 @@ class Claim:
     threshold: float
     comparison: Comparison = ">="
     detail: dict[str, Any] = field(default_factory=dict)
+    reference: str = ""  # the paper and the equation, theorem or figure the claim tests
 
     @property
     def passed(self) -> bool:

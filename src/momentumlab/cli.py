@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from momentumlab.config import ConfigError, load_run_config
+from momentumlab.config import ConfigError
 from momentumlab.store import RunStore, RunStoreError
 
 app = typer.Typer(
@@ -42,6 +43,14 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def _use_data_dir(data_dir: Path | None) -> None:
+    """Datasets are read from $MOMENTUMLAB_DATA, which worker processes inherit; --data-dir sets it."""
+    from momentumlab.data.images import DATA_DIR_VARIABLE
+
+    if data_dir is not None:
+        os.environ[DATA_DIR_VARIABLE] = str(data_dir)
+
+
 def _format(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -52,19 +61,24 @@ def run(
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted key=value overrides.")] = None,
     store: StoreOption = None,
     force: Annotated[bool, typer.Option("--force", help="Rerun even if the run is complete.")] = False,
+    data_dir: DataDirOption = None,
     progress: ProgressOption = True,
 ) -> None:
-    """Train one run (or return it from the store) and print its final measurements."""
+    """Train one run of any registered kind (the config's `kind`), or return it from the store, and print
+    its final measurements."""
+    from momentumlab.runs import load_run_config
+
+    _use_data_dir(data_dir)
     try:
         run_config = load_run_config(config, overrides or [])
-        stored = RunStore(store).run(run_config, force=force, progress=progress)
+        stored = RunStore(store, progress=progress).run(run_config, force=force)
     except ConfigError as error:
         _fail(str(error), 2)
     except RunStoreError as error:
         _fail(str(error), 1)
-    typer.echo(f"run {stored.run_id}: {stored.status['status']} ({stored.folder})")
-    if stored.status.get("step") is not None:
-        typer.echo(f"  {stored.status['message']}")
+    typer.echo(f"run {stored.run_id} ({stored.config.kind}): {stored.status} ({stored.folder})")
+    if stored.diverged_at_step is not None:
+        typer.echo(f"  {stored.message}")
     for key, value in stored.final().items():
         if not PER_NEURON.search(key):
             typer.echo(f"  {key:28s} {_format(value)}")
@@ -90,11 +104,13 @@ def sweep(
         str | None, typer.Option("--address", help="Ray cluster address (default: start a local Ray).")
     ] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most runs trained in one computation.")] = 64,
+    data_dir: DataDirOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Run every point of a sweep (reusing finished runs) and save a table, one row per run."""
     from momentumlab.sweep import execute, expand, load_sweep, result_table, summary, write_result
 
+    _use_data_dir(data_dir)
     if workers < 1:
         _fail(f"--workers = {workers}: allowed: ≥ 1", 2)
     if max_batch < 1:
@@ -102,14 +118,13 @@ def sweep(
     try:
         sweep_spec, base = load_sweep(spec)
         configs = expand(sweep_spec, base)
-        run_store = RunStore(store)
+        run_store = RunStore(store, progress=progress)
         failures = execute(
             configs,
             run_store,
             backend=backend.value,
             workers=workers,
             address=address,
-            progress=progress,
             max_batch=max_batch,
             echo=typer.echo,
         )
@@ -161,18 +176,23 @@ def reproduce(
     store: StoreOption = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2.")] = None,
     overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="key=value override for every run (repeatable).")
+        list[str] | None,
+        typer.Option("--set", help="key=value override of the reproduction's settings (repeatable)."),
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any claim fails.")] = False,
     scale: Annotated[
         Scale, typer.Option("--scale", help="full: the paper's setting; smoke: a tiny subset, a few epochs.")
     ] = Scale.full,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute the measurement even if the store holds it.")
+    ] = False,
     data_dir: DataDirOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Run reproductions and write figures, claims.json and one report.md."""
-    from momentumlab.experiments import ReproductionOptions
-    from momentumlab.experiments import reproduce as run_reproductions
+    from momentumlab.experiments import select
+    from momentumlab.experiments.runner import ReproductionOptions
+    from momentumlab.experiments.runner import reproduce as run_reproductions
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
@@ -180,21 +200,18 @@ def reproduce(
         _fail(f"--seeds = {seeds!r}: expected comma-separated non-negative integers", 2)
     if seed_list is not None and any(seed < 0 for seed in seed_list):
         _fail(f"--seeds = {seeds!r}: seeds must be non-negative", 2)
+    _use_data_dir(data_dir)
     options = ReproductionOptions(
-        seeds=seed_list,
-        overrides=tuple(overrides or ()),
-        progress=progress,
-        scale=scale.value,
-        data_dir=data_dir,
+        seeds=seed_list, overrides=tuple(overrides or ()), scale=scale.value, force=force
     )
     try:
-        results = run_reproductions(names or [], RunStore(store), out, options)
+        reports = run_reproductions(select(names or []), RunStore(store, progress=progress), out, options)
     except ConfigError as error:
         _fail(str(error), 2)
     failed = 0
-    for result in results:
-        typer.echo(f"{result.name}:")
-        for claim in result.claims:
+    for report in reports:
+        typer.echo(f"{report.name}:")
+        for claim in report.claims:
             mark = "PASS" if claim.passed else "FAIL"
             typer.echo(
                 f"  [{mark}] {claim.statement}: {claim.measured:.4g} ({claim.comparison} {claim.threshold:.4g})"
@@ -235,14 +252,20 @@ def list_runs(store: StoreOption = None) -> None:
     if not rows:
         typer.echo("no runs")
         return
-    typer.echo(
-        f"{'run':16s}  {'status':9s}  {'optimizer':12s}  {'lr':>7s}  {'momentum':>8s}  {'seed':>4s}  {'steps':>6s}  updated"
-    )
+    typer.echo(f"{'run':16s}  {'kind':16s}  {'status':9s}  {'seed':>4s}  {'updated':24s}  optimizer")
     for row in rows:
         typer.echo(
-            f"{row['run_id']:16s}  {row['status']:9s}  {row['optimizer']:12s}  {row['lr']:7.4g}  "
-            f"{row['momentum']:8.4g}  {row['seed']:4d}  {row['steps']:6d}  {row['updated']}"
+            f"{row['run_id']:16s}  {row['kind']:16s}  {row['status']:9s}  {_format(row['seed']):>4s}  "
+            f"{row['updated']:24s}  {_optimizer(json.loads(row['config']))}"
         )
+
+
+def _optimizer(config: dict) -> str:
+    """The run's optimizer in a few words, when its config has an `optimizer` section."""
+    optimizer = config.get("optimizer")
+    if not isinstance(optimizer, dict):
+        return ""
+    return " ".join(f"{key}={_format(value)}" for key, value in optimizer.items())
 
 
 @app.command()
@@ -256,11 +279,19 @@ def show(
     except RunStoreError as error:
         _fail(str(error), 1)
     typer.echo(f"run {stored.run_id} in {stored.folder}")
-    typer.echo("status: " + json.dumps(stored.status))
+    status = {
+        "status": stored.status,
+        "step": stored.diverged_at_step,
+        "message": stored.message,
+        "seconds": stored.seconds,
+        "resumed_from_step": stored.resumed_from_step,
+        "extra": stored.extra,
+    }
+    typer.echo("status: " + json.dumps(status))
     typer.echo("config: " + stored.config.model_dump_json(indent=2))
     if (stored.folder / "environment.json").is_file():
         typer.echo("environment: " + json.dumps(stored.environment(), indent=2))
-    if stored.finished and (stored.folder / "metrics.csv").is_file():
+    if stored.finished:
         typer.echo("final:")
         for key, value in stored.final().items():
             typer.echo(f"  {key:28s} {_format(value)}")

@@ -14,14 +14,15 @@ import pandas as pd
 from momentumlab.config import ConfigError
 from momentumlab.sweep import varied_fields
 
-OPTIMIZER_FIELDS = ("optimizer.name", "optimizer.momentum", "train.batch_size")
-
 
 def optimizer_family(row: pd.Series) -> str:
-    """'gd', 'sgd', 'gd+ema_momentum', 'sgd+heavy_ball', …"""
+    """'gd', 'sgd', 'gd+ema_momentum', 'sgd+heavy_ball', … ('+momentum' for a run kind whose optimizer
+    section has a momentum but no rule name, e.g. `torch.optim.SGD`'s)."""
     stochastic = "train.batch_size" in row and pd.notna(row["train.batch_size"])
     base = "sgd" if stochastic else "gd"
-    return base if row["optimizer.momentum"] == 0 else f"{base}+{row['optimizer.name']}"
+    return (
+        base if row.get("optimizer.momentum", 0) == 0 else f"{base}+{row.get('optimizer.name', 'momentum')}"
+    )
 
 
 def compare(table: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +79,29 @@ def save_figure(figure: plt.Figure, path: Path, dpi: int = 120) -> Path:
 
 
 def claims_table(claims: Sequence[Claim]) -> str:
-    """Markdown table of claims with their measured values and verdicts."""
-    lines = ["| claim | measured | threshold | verdict |", "|---|---|---|---|"]
+    """Markdown table of claims with their measured values, verdicts and what each tests."""
+    lines = ["| claim | measured | threshold | verdict | tests |", "|---|---|---|---|---|"]
     for claim in claims:
         verdict = "PASSED" if claim.passed else "**FAILED**"
         lines.append(
             f"| {claim.statement} (`{claim.id}`) | {claim.measured:.4g} | {claim.comparison} "
-            f"{claim.threshold:.4g} | {verdict} |"
+            f"{claim.threshold:.4g} | {verdict} | {claim.reference} |"
         )
+    return "\n".join(lines)
+
+
+def markdown_table(frame: pd.DataFrame, formats: dict[str, str] | None = None) -> str:
+    """`frame` as a Markdown table; `formats` maps a column to a format spec (e.g. ".4g")."""
+    formats = formats or {}
+
+    def cell(column: str, value: object) -> str:
+        if isinstance(value, float) and math.isnan(value):
+            return "—"
+        return format(value, formats[column]) if column in formats else str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(c, v) for c, v in zip(frame.columns, row)) + " |")
     return "\n".join(lines)
 
 

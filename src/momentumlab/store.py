@@ -1,16 +1,19 @@
-"""The run store: one folder per run, keyed by the config hash, plus an SQLite index of all runs.
+"""The store: results on disk, each in a folder named by the content hash of what produced it.
 
-    ROOT/index.sqlite
-    ROOT/runs/<hash>/config.json        the full config
-                     status.json        running | complete | diverged | failed (+ step, message)
-                     metrics.csv        one row per logged step (complete and diverged runs)
-                     weights.pt         final weights
-                     environment.json   package versions, git revision, machine
-                     checkpoint.pt      while a run is unfinished
+    ROOT/index.sqlite                        one row per run (kind, status, seed, config, final row)
+    ROOT/runs/<hash>/config.json             the full run config (its `kind` names the schema)
+                     status.json             running | complete | diverged | failed (+ step, message)
+                     metrics.csv             one row per logged step (complete and diverged runs)
+                     weights.pt              final weights
+                     environment.json        package versions, git revision, machine
+                     checkpoint.pt           while a run is unfinished
+    ROOT/measurements/<name>/<hash>/         a reproduction's measurement, keyed by its settings:
+                     settings.json, <table>.parquet, environment.json, status.json
 
-Every file is written atomically, and `status.json` is written last, so a folder whose status is
-not complete/diverged is never read as a result. Asking for a complete config returns the stored
-result; an unfinished one resumes from its checkpoint.
+Every file is written atomically, and `status.json` is written last, so a folder whose status is not
+complete/diverged is never read as a result. Asking for a complete config (or settings) returns the
+stored result; an unfinished run resumes from its checkpoint. The store persists records only: which
+trainer a config needs comes from the run-kind registry (:mod:`momentumlab.runs`).
 """
 
 from __future__ import annotations
@@ -18,118 +21,58 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import platform
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
-from pydantic import ValidationError
+from pydantic import BaseModel
 
 from momentumlab import atomic
-from momentumlab.config import ImageRunConfig, RunConfig, TeacherStudentRunConfig, config_hash
+from momentumlab.config import ConfigError, config_hash
+from momentumlab.environment import environment
+from momentumlab.runs import FINISHED, RunRecord, kind_of, parse_run_config
 from momentumlab.train.checkpoint import checkpoint_position
-from momentumlab.train.loop import RunRecord, train
 
-AnyRunConfig = RunConfig | ImageRunConfig | TeacherStudentRunConfig
-CONFIG_TYPES = (RunConfig, ImageRunConfig, TeacherStudentRunConfig)
-FINISHED = ("complete", "diverged")
 RUN_ID_PREFIX = re.compile(r"[0-9a-f]{1,16}")
 DEFAULT_ROOT_VARIABLE = "MOMENTUMLAB_STORE"
+INDEX_COLUMNS = ("run_id", "kind", "status", "seed", "updated", "config", "final")
+Tables = dict[str, pd.DataFrame]
 
 
 class RunStoreError(RuntimeError):
     """A run that cannot be found, is ambiguous, or is busy in another process."""
 
 
-@dataclass
-class StoredRun:
-    run_id: str
-    folder: Path
-    config: AnyRunConfig
-    status: dict[str, Any]
-
-    @property
-    def finished(self) -> bool:
-        return self.status.get("status") in FINISHED
-
-    def metrics(self) -> pd.DataFrame:
-        """The logged rows (step, loss, accuracies, theory quantities) as a DataFrame."""
-        return pd.read_csv(self.folder / "metrics.csv")
-
-    def final(self) -> dict[str, float]:
-        """The last logged row (empty for a run that diverged before its first row)."""
-        metrics = self.metrics()
-        return metrics.iloc[-1].to_dict() if len(metrics) else {}
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        return torch.load(self.folder / "weights.pt", weights_only=True)
-
-    def environment(self) -> dict[str, Any]:
-        return json.loads((self.folder / "environment.json").read_text())
-
-
 def default_root() -> Path:
     return Path(os.environ.get(DEFAULT_ROOT_VARIABLE, "runs"))
 
 
-def environment() -> dict[str, Any]:
-    """What produced a run: versions, code revision and machine."""
-    packages = {}
-    for name in ("momentumlab", "torch", "numpy", "pandas", "pydantic"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
-    source = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            result = subprocess.run(
-                ["git", *args], cwd=source, capture_output=True, text=True, timeout=5, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return result.stdout.strip() if result.returncode == 0 else None
-
-    revision = git("rev-parse", "HEAD")
-    return {
-        "python": sys.version.split()[0],
-        "packages": packages,
-        "git_revision": revision,
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if revision else None,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "hostname": platform.node(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
 class RunStore:
-    """Runs on disk under `root`, found by their config hash (or a unique prefix of it)."""
+    """Runs and measurements on disk under `root`, found by their content hash (or a unique prefix).
 
-    def __init__(self, root: Path | str | None = None):
+    `progress` shows a progress bar while training.
+    """
+
+    def __init__(self, root: Path | str | None = None, progress: bool = False):
         self.root = Path(root) if root is not None else default_root()
+        self.progress = progress
         (self.root / "runs").mkdir(parents=True, exist_ok=True)
         with self._index() as index:
+            columns = [row[1] for row in index.execute("PRAGMA table_info(runs)")]
+            if columns and tuple(columns) != INDEX_COLUMNS:  # an index of an older layout
+                index.execute("DROP TABLE runs")
             index.execute(
-                "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, status TEXT, optimizer TEXT,"
-                " lr REAL, momentum REAL, seed INTEGER, steps INTEGER, updated TEXT, config TEXT, final TEXT)"
+                "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, kind TEXT, status TEXT, "
+                "seed INTEGER, updated TEXT, config TEXT, final TEXT)"
             )
+            stale = not columns or tuple(columns) != INDEX_COLUMNS
+        if stale:
+            self.reindex()
 
     @contextmanager
     def _index(self) -> Iterator[sqlite3.Connection]:
@@ -143,26 +86,36 @@ class RunStore:
     def folder(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
-    def _write_status(self, run: StoredRun, status: str, final: dict | None = None, **details: Any) -> None:
-        run.status = {"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}
-        atomic.write_json(run.folder / "status.json", run.status)
-        optimizer = run.config.optimizer
+    def _write_status(self, run: RunRecord, status: str, **details: Any) -> None:
+        run.status = status
+        written = {"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}
+        atomic.write_json(run.folder / "status.json", written)
+        self._index_run(run, written["updated"])
+
+    def _index_run(self, run: RunRecord, updated: str) -> None:
+        final = run.final() if run.finished else {}  # a run that diverged at once has no row either
         with self._index() as index:
             index.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.run_id,
-                    status,
-                    optimizer.name,
-                    optimizer.lr,
-                    optimizer.momentum,
-                    run.config.seed,
-                    _length(run.config),
-                    run.status["updated"],
+                    run.config.kind,
+                    run.status,
+                    getattr(run.config, "seed", None),
+                    updated,
                     run.config.model_dump_json(),
-                    json.dumps(final) if final is not None else None,
+                    json.dumps(final) if final else None,
                 ),
             )
+
+    def reindex(self) -> None:
+        """Rebuild the index from the run folders (those whose config and status can be read)."""
+        for folder in sorted((self.root / "runs").iterdir()):
+            try:
+                run = self.get(folder.name)
+            except (OSError, ValueError, ConfigError, RunStoreError):
+                continue
+            self._index_run(run, _status_file(folder).get("updated", ""))
 
     def resolve(self, prefix: str) -> str:
         """The full run id that `prefix` starts, or an error naming what was found."""
@@ -175,12 +128,25 @@ class RunStore:
             raise RunStoreError(f"run id prefix {prefix!r} is ambiguous: {', '.join(matches[:5])}")
         return matches[0]
 
-    def get(self, run_id: str) -> StoredRun:
+    def get(self, run_id: str) -> RunRecord:
+        """The stored run (its rows when it finished; its weights are read on demand)."""
         folder = self.folder(self.resolve(run_id))
-        config = load_config(json.loads((folder / "config.json").read_text()))
-        status_file = folder / "status.json"
-        status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "running"}
-        return StoredRun(folder.name, folder, config, status)
+        config = parse_run_config(json.loads((folder / "config.json").read_text()))
+        status = _status_file(folder)
+        run = RunRecord(
+            config=config,
+            status=status["status"],
+            diverged_at_step=status.get("step"),
+            seconds=status.get("seconds", 0.0),
+            resumed_from_step=status.get("resumed_from_step", 0),
+            message=status.get("message", ""),
+            extra=status.get("extra", {}),
+            run_id=folder.name,
+            folder=folder,
+        )
+        if run.finished:
+            run.rows = pd.read_csv(folder / "metrics.csv").to_dict("records")
+        return run
 
     def list(self) -> list[dict[str, Any]]:
         """One dict per indexed run, newest first."""
@@ -190,17 +156,9 @@ class RunStore:
         return [dict(row) for row in rows]
 
     def run(
-        self,
-        config: AnyRunConfig,
-        force: bool = False,
-        progress: bool = False,
-        on_step: Callable[[int], None] | None = None,
-        data_dir: Path | None = None,
-    ) -> StoredRun:
-        """The finished run of `config`: stored if it exists (unless `force`), else trained or resumed.
-
-        `data_dir` is where an image run's dataset lives; it is not part of the run's identity.
-        """
+        self, config: BaseModel, force: bool = False, on_step: Callable[[int], None] | None = None
+    ) -> RunRecord:
+        """The finished run of `config`: stored if it exists (unless `force`), else trained or resumed."""
         run_id = self._prepare(config)
         with _exclusive(self.folder(run_id) / ".lock", run_id):
             run = self.get(run_id)
@@ -211,23 +169,21 @@ class RunStore:
                 checkpoint.unlink(missing_ok=True)
             self._start(run)
             try:
-                record = _train(config, checkpoint, progress, on_step, data_dir)
+                record = kind_of(config).train(config, checkpoint, progress=self.progress, on_step=on_step)
             except BaseException as error:
                 self._write_status(run, "failed", message=f"{type(error).__name__}: {error}")
                 raise
-            self._finish(run, record)
-            return run
+            return self._finish(run, record)
 
     def run_many(
         self,
-        configs: Sequence[AnyRunConfig],
-        progress: bool = False,
+        configs: Sequence[BaseModel],
         on_step: Callable[[int], None] | None = None,
         max_batch: int = 64,
-    ) -> list[StoredRun]:
+    ) -> list[RunRecord]:
         """The finished runs of `configs` (in order), training the missing ones together where they can.
 
-        Pending runs that a batched engine accepts are grouped by its batch key and by the position
+        Pending runs whose kind has a batched engine are grouped by its batch key and by the position
         their checkpoints resume from, and each group (up to `max_batch` runs) trains in one
         computation; the others train one by one with :meth:`run`.
         """
@@ -235,15 +191,12 @@ class RunStore:
         pending = {run_id: config for run_id, config in zip(run_ids, configs) if not self.is_finished(config)}
         for group in plan_batches(list(pending.values()), self, max_batch):
             if len(group) == 1:
-                self.run(group[0], progress=progress, on_step=on_step)
+                self.run(group[0], on_step=on_step)
             else:
-                self._run_batch(group, progress, on_step)
+                self._run_batch(group, on_step)
         return [self.get(run_id) for run_id in run_ids]
 
-    def _run_batch(
-        self, configs: list[AnyRunConfig], progress: bool, on_step: Callable[[int], None] | None
-    ) -> None:
-        _, train_batch = batched_engine(configs[0])
+    def _run_batch(self, configs: list[BaseModel], on_step: Callable[[int], None] | None) -> None:
         run_ids = [config_hash(config) for config in configs]
         with ExitStack() as locks:
             for run_id in run_ids:
@@ -257,8 +210,9 @@ class RunStore:
             for run in runs:
                 self._start(run, recorded)
             checkpoints = [run.folder / "checkpoint.pt" for run in runs]
+            train_batch = kind_of(configs[0]).train_batch
             try:
-                records = train_batch(configs, checkpoints, progress=progress, on_step=on_step)
+                records = train_batch(configs, checkpoints, progress=self.progress, on_step=on_step)
             except BaseException as error:
                 for run in runs:
                     self._write_status(run, "failed", message=f"{type(error).__name__}: {error}")
@@ -266,16 +220,16 @@ class RunStore:
             for run, record in zip(runs, records):
                 self._finish(run, record)
 
-    def is_finished(self, config: AnyRunConfig) -> bool:
+    def is_finished(self, config: BaseModel) -> bool:
         """Whether the store holds a complete or diverged run of `config`."""
-        status = self.folder(config_hash(config)) / "status.json"
-        return status.is_file() and json.loads(status.read_text()).get("status") in FINISHED
+        folder = self.folder(config_hash(config))
+        return (folder / "status.json").is_file() and _status_file(folder)["status"] in FINISHED
 
-    def checkpoint_position(self, config: AnyRunConfig) -> int:
+    def checkpoint_position(self, config: BaseModel) -> int:
         """The step or epoch an unfinished run of `config` would resume from."""
         return checkpoint_position(self.folder(config_hash(config)) / "checkpoint.pt")
 
-    def _prepare(self, config: AnyRunConfig) -> str:
+    def _prepare(self, config: BaseModel) -> str:
         """Create the run's folder with its config; return its id."""
         run_id = config_hash(config)
         folder = self.folder(run_id)
@@ -284,21 +238,21 @@ class RunStore:
             atomic.write_json(folder / "config.json", config.model_dump(mode="json"))
         return run_id
 
-    def _start(self, run: StoredRun, recorded: dict[str, Any] | None = None) -> None:
+    def _start(self, run: RunRecord, recorded: dict[str, Any] | None = None) -> None:
         atomic.write_json(
             run.folder / "environment.json", recorded if recorded is not None else environment()
         )
         self._write_status(run, "running")
 
-    def _finish(self, run: StoredRun, record: RunRecord) -> None:
-        """Write a trained run's weights and metrics, then its final status (last, so it marks completeness)."""
+    def _finish(self, run: RunRecord, record: RunRecord) -> RunRecord:
+        """Write a trained run's weights and metrics, then its final status (last: it marks completeness)."""
         atomic.save_torch(run.folder / "weights.pt", record.weights)
         metrics = pd.DataFrame(record.rows) if record.rows else pd.DataFrame(columns=["step", "train_loss"])
         atomic.write_text(run.folder / "metrics.csv", metrics.to_csv(index=False))
+        record.run_id, record.folder = run.run_id, run.folder
         self._write_status(
-            run,
+            record,
             record.status,
-            final=record.rows[-1] if record.rows else None,
             step=record.diverged_at_step,
             message=record.message,
             seconds=round(record.seconds, 3),
@@ -306,85 +260,70 @@ class RunStore:
             extra=record.extra,
         )
         (run.folder / "checkpoint.pt").unlink(missing_ok=True)
+        return self.get(run.run_id)
+
+    def measurement(
+        self, name: str, settings: BaseModel, measure: Callable[[], Tables], force: bool = False
+    ) -> Tables:
+        """The tables `measure()` returns for `settings` of reproduction `name`, stored under the settings'
+        hash with the environment that computed them and reused on the next call (unless `force`)."""
+        key = config_hash(settings)
+        folder = self.root / "measurements" / name / key
+        folder.mkdir(parents=True, exist_ok=True)
+        with _exclusive(folder / ".lock", f"{name}/{key}"):
+            status = folder / "status.json"
+            if status.is_file() and not force and json.loads(status.read_text())["status"] == "complete":
+                names = json.loads(status.read_text())["tables"]
+                return {table: pd.read_parquet(folder / f"{table}.parquet") for table in names}
+            status.unlink(missing_ok=True)
+            atomic.write_json(folder / "settings.json", settings.model_dump(mode="json"))
+            atomic.write_json(folder / "environment.json", environment())
+            started = time.perf_counter()
+            tables = measure()
+            for table, frame in tables.items():
+                atomic.atomic_write(folder / f"{table}.parquet", lambda stream, f=frame: f.to_parquet(stream))
+            atomic.write_json(
+                status,
+                {
+                    "status": "complete",
+                    "tables": list(tables),
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            )
+            return tables
 
 
-BatchTrainer = Callable[..., list[RunRecord]]
-
-
-def batched_engine(config: AnyRunConfig) -> tuple[str, BatchTrainer] | None:
-    """(batch key, batched trainer) for a config that can share a computation with others, else None."""
-    if isinstance(config, RunConfig):
-        from momentumlab.train.batched import batch_key, train_batched
-
-        key = batch_key(config)
-        return (f"feature_margin:{key}", train_batched) if key is not None else None
-    if isinstance(config, TeacherStudentRunConfig):
-        from momentumlab.train.batched_students import student_batch_key, train_students_batched
-
-        key = student_batch_key(config)
-        return (f"teacher_student:{key}", train_students_batched) if key is not None else None
-    return None
-
-
-def plan_batches(
-    configs: Sequence[AnyRunConfig], store: RunStore, max_batch: int
-) -> list[list[AnyRunConfig]]:
+def plan_batches(configs: Sequence[BaseModel], store: RunStore, max_batch: int) -> list[list[BaseModel]]:
     """Split configs into groups that train in one computation each (same batch key and resume position),
-    at most `max_batch` runs per group; configs no engine accepts form groups of one."""
+    at most `max_batch` runs per group; configs that no batched engine accepts form groups of one."""
     if max_batch < 1:
         raise ValueError(f"max_batch = {max_batch} must be ≥ 1")
-    groups: dict[tuple[str, int], list[AnyRunConfig]] = {}
-    alone: list[list[AnyRunConfig]] = []
+    groups: dict[tuple[str, int], list[BaseModel]] = {}
+    alone: list[list[BaseModel]] = []
     for config in configs:
-        engine = batched_engine(config)
-        if engine is None:
+        key = kind_of(config).key(config)
+        if key is None:
             alone.append([config])
         else:
-            groups.setdefault((engine[0], store.checkpoint_position(config)), []).append(config)
+            groups.setdefault((key, store.checkpoint_position(config)), []).append(config)
     batches = [group[i : i + max_batch] for group in groups.values() for i in range(0, len(group), max_batch)]
     return batches + alone
 
 
-def load_config(raw: dict[str, Any]) -> AnyRunConfig:
-    """The config type that `raw` (a stored config.json) validates as."""
-    for config_type in CONFIG_TYPES:
-        try:
-            return config_type.model_validate(raw)
-        except ValidationError:
-            continue
-    raise RunStoreError("config.json is not a RunConfig, ImageRunConfig or TeacherStudentRunConfig")
-
-
-def _length(config: AnyRunConfig) -> int:
-    """Optimizer steps of a feature-margin run, epochs otherwise (the index's `steps` column)."""
-    return config.train.steps if isinstance(config, RunConfig) else config.train.epochs
-
-
-def _train(
-    config: AnyRunConfig,
-    checkpoint: Path,
-    progress: bool,
-    on_step: Callable[[int], None] | None,
-    data_dir: Path | None,
-) -> RunRecord:
-    if isinstance(config, ImageRunConfig):
-        from momentumlab.train.images import train_images  # imports the image models only when needed
-
-        return train_images(config, checkpoint, progress=progress, on_step=on_step, data_dir=data_dir)
-    if isinstance(config, TeacherStudentRunConfig):
-        from momentumlab.train.students import train_student
-
-        return train_student(config, checkpoint, progress=progress, on_step=on_step)
-    return train(config, checkpoint, progress=progress, on_step=on_step)
+def _status_file(folder: Path) -> dict[str, Any]:
+    """A run folder's status.json (a folder without one is a run that has not started: running)."""
+    path = folder / "status.json"
+    return json.loads(path.read_text()) if path.is_file() else {"status": "running"}
 
 
 @contextmanager
-def _exclusive(lock_path: Path, run_id: str) -> Iterator[None]:
+def _exclusive(lock_path: Path, name: str) -> Iterator[None]:
     with open(lock_path, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunStoreError(f"run {run_id} is being trained by another process") from None
+            raise RunStoreError(f"{name} is being computed by another process") from None
         try:
             yield
         finally:

@@ -2,7 +2,7 @@
 
 A sweep file (YAML or TOML)::
 
-    run: feature_margin            # feature_margin | teacher_student | image
+    kind: feature_margin           # any registered run kind (momentumlab.runs)
     base: {train: {steps: 2000}}   # a (partial) run config; or base_file: path/to/config.yaml
     grid:                          # every combination of these dotted fields
       optimizer.lr: [0.1, 0.5, 2.0]
@@ -32,40 +32,29 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from momentumlab import atomic
 from momentumlab.config import (
     ConfigError,
-    ImageRunConfig,
-    RunConfig,
     StrictModel,
-    TeacherStudentRunConfig,
     apply_overrides,
     config_hash,
     flatten,
     load_raw,
     validate,
 )
-from momentumlab.store import AnyRunConfig, RunStore, load_config, plan_batches
+from momentumlab.runs import import_kind_module, kind_of, parse_run_config, run_kind
+from momentumlab.store import RunStore, plan_batches
 
-RUN_TYPES: dict[str, type[AnyRunConfig]] = {
-    "feature_margin": RunConfig,
-    "teacher_student": TeacherStudentRunConfig,
-    "image": ImageRunConfig,
-}
 PER_NEURON = re.compile(r"_r\d+$")  # per-filter columns stay in each run's metrics.csv
 RESULT_TABLE = "results.csv"
-
-
-class SweepError(RuntimeError):
-    """Some points of a sweep failed; the others are stored and the table marks the failed ones."""
 
 
 class SweepSpec(StrictModel):
     """What a sweep file holds (see the module docstring)."""
 
-    run: Literal["feature_margin", "teacher_student", "image"] = "feature_margin"
+    kind: str = Field(description="the run kind of every point (a registered name)")
     base: dict[str, Any] = Field(default_factory=dict, description="a partial run config")
     base_file: str | None = Field(None, description="a run config file, relative to the sweep file")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted field → values")
@@ -87,10 +76,14 @@ class SweepSpec(StrictModel):
 def load_sweep(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
     """The sweep in `path` and its base run config as plain data (with `base_file` merged under `base`)."""
     spec = validate(SweepSpec, load_raw(path))
+    run_kind(spec.kind)  # an unknown kind fails here, before the base is read
     base: dict[str, Any] = {}
     if spec.base_file is not None:
         base = load_raw((path.parent / spec.base_file).resolve())
-    return spec, _merge(base, spec.base)
+    merged = _merge(base, spec.base)
+    if merged.get("kind", spec.kind) != spec.kind:
+        raise ConfigError(f"base kind = {merged['kind']!r} differs from the sweep's kind = {spec.kind!r}")
+    return spec, {**merged, "kind": spec.kind}
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -109,50 +102,56 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def expand(spec: SweepSpec, base: dict[str, Any]) -> list[AnyRunConfig]:
+def expand(spec: SweepSpec, base: dict[str, Any]) -> list[BaseModel]:
     """Every run of the sweep: points × grid × seeds, validated, duplicates dropped, in a stable order."""
-    run_type = RUN_TYPES[spec.run]
     keys = list(spec.grid)
-    configs: dict[str, AnyRunConfig] = {}
+    configs: dict[str, BaseModel] = {}
     for point in spec.points or [{}]:
         for values in itertools.product(*spec.grid.values()):
             for seed in spec.seeds:
                 setting = {**point, **dict(zip(keys, values)), "seed": seed}
                 overrides = [_override(key, value) for key, value in setting.items()]
                 try:
-                    config = validate(run_type, apply_overrides(base, overrides))
+                    config = parse_run_config(apply_overrides(base, overrides))
                 except ConfigError as error:
                     raise ConfigError(f"sweep point {setting}: {error}") from None
                 configs.setdefault(config_hash(config), config)
     return list(configs.values())
 
 
-def _train_batch(root: str, raw_configs: list[dict[str, Any]], threads: int) -> list[str]:
-    """Worker entry point (local process or Ray task): train one batch into the store at `root`."""
+def _train_batch(root: str, kind_module: str, raw_configs: list[dict[str, Any]], threads: int) -> list[str]:
+    """Worker entry point (local process or Ray task): train one batch into the store at `root`.
+
+    The worker imports the module that defines the batch's run kind, so user kinds train there too.
+    """
     torch.set_num_threads(threads)
-    configs = [load_config(raw) for raw in raw_configs]
+    import_kind_module(kind_module)
+    configs = [parse_run_config(raw) for raw in raw_configs]
     return [run.run_id for run in RunStore(root).run_many(configs)]
 
 
-def _split(batches: list[list[AnyRunConfig]], workers: int) -> list[list[AnyRunConfig]]:
+def _worker_arguments(batch: list[BaseModel]) -> tuple[str, list[dict[str, Any]]]:
+    return kind_of(batch[0]).module, [config.model_dump(mode="json") for config in batch]
+
+
+def _split(batches: list[list[BaseModel]], workers: int) -> list[list[BaseModel]]:
     """Cut batches so that `workers` processes all have work (a batch never grows)."""
     size = max(1, math.ceil(sum(len(batch) for batch in batches) / workers))
     return [batch[i : i + size] for batch in batches for i in range(0, len(batch), size)]
 
 
 def execute(
-    configs: list[AnyRunConfig],
+    configs: list[BaseModel],
     store: RunStore,
     backend: Literal["local", "ray"] = "local",
     workers: int = 1,
     address: str | None = None,
-    progress: bool = False,
     max_batch: int = 64,
     echo: Callable[[str], None] = lambda _: None,
 ) -> list[str]:
     """Train the unfinished runs among `configs`; return a message per batch that failed.
 
-    local: `workers` = 1 trains in this process (with a progress bar per batch), more use that many
+    local: `workers` = 1 trains in this process (with the store's progress bar), more use that many
     processes; ray: one task per batch on the cluster at `address` (None starts a local instance).
     The store folder must be visible to every worker (a shared file system on a cluster).
     """
@@ -171,7 +170,7 @@ def execute(
         failures = []
         for batch in batches:
             try:
-                store.run_many(batch, progress=progress, max_batch=max_batch)
+                store.run_many(batch, max_batch=max_batch)
             except Exception as error:  # noqa: BLE001 - one failed batch must not lose the others
                 failures.append(f"{len(batch)} runs: {type(error).__name__}: {error}")
         return failures
@@ -179,9 +178,7 @@ def execute(
     failures = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = {
-            pool.submit(
-                _train_batch, str(store.root), [c.model_dump(mode="json") for c in batch], threads
-            ): batch
+            pool.submit(_train_batch, str(store.root), *_worker_arguments(batch), threads): batch
             for batch in batches
         }
         for future in as_completed(futures):
@@ -209,13 +206,10 @@ def _ray_slots(address: str | None) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _execute_ray(batches: list[list[AnyRunConfig]], root: Path, address: str | None) -> list[str]:
+def _execute_ray(batches: list[list[BaseModel]], root: Path, address: str | None) -> list[str]:
     ray = _import_ray()
     task = ray.remote(num_cpus=1)(_train_batch)
-    futures = {
-        task.remote(str(root.resolve()), [c.model_dump(mode="json") for c in batch], 1): batch
-        for batch in batches
-    }
+    futures = {task.remote(str(root.resolve()), *_worker_arguments(batch), 1): batch for batch in batches}
     failures = []
     for future, batch in futures.items():
         try:
@@ -225,7 +219,7 @@ def _execute_ray(batches: list[list[AnyRunConfig]], root: Path, address: str | N
     return failures
 
 
-def result_table(configs: list[AnyRunConfig], store: RunStore) -> pd.DataFrame:
+def result_table(configs: list[BaseModel], store: RunStore) -> pd.DataFrame:
     """One row per run: id, status, every config field (dotted) and the final measurements."""
     rows = []
     for config in configs:
@@ -234,9 +228,9 @@ def result_table(configs: list[AnyRunConfig], store: RunStore) -> pd.DataFrame:
         rows.append(
             {
                 "run_id": run.run_id,
-                "status": run.status.get("status"),
-                "diverged_at": run.status.get("step"),
-                "seconds": run.status.get("seconds"),
+                "status": run.status,
+                "diverged_at": run.diverged_at_step,
+                "seconds": run.seconds,
                 **flatten(config.model_dump(mode="json")),
                 **final,
             }

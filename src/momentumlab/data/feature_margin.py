@@ -10,8 +10,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field, model_validator
 
-from momentumlab.config import FeatureMarginDataConfig
+from momentumlab.config import StrictModel
+
+
+class FeatureMarginDataConfig(StrictModel):
+    """The feature–margin distribution (D) of Jelassi & Li (SPEC §1)."""
+
+    n_train: int = Field(20000, ge=1, description="N, training examples")
+    n_test: int = Field(2000, ge=1, description="test examples")
+    n_val: int = Field(2000, ge=0, description="validation examples (for choosing hyperparameters)")
+    dim: int = Field(30, ge=2, description="d, patch dimension")
+    patches: int = Field(5, ge=2, description="P, patches per example")
+    alpha: float | None = Field(None, gt=0, description="large margin α; null means d^0.49")
+    beta_margin: float = Field(0.2, gt=0, description="small margin β")
+    noise_std: float = Field(0.5, ge=0, description="σ, std of the noise patches")
+    small_margin_fraction: float = Field(0.02, ge=0, le=1, description="μ")
+    seed: int | None = Field(None, ge=0, description="data seed; null means the run's seed")
+
+    @property
+    def large_margin(self) -> float:
+        """α, resolved from the theory's scaling α = d^0.49 when not set."""
+        return self.alpha if self.alpha is not None else self.dim**0.49
+
+    @model_validator(mode="after")
+    def _small_below_large(self) -> FeatureMarginDataConfig:
+        if self.beta_margin >= self.large_margin:
+            raise ValueError(
+                f"beta_margin = {self.beta_margin} must be smaller than the large margin "
+                f"alpha = {self.large_margin:.4g}"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -63,6 +93,7 @@ class FeatureMarginData:
 def _sample(
     config: FeatureMarginDataConfig, feature: torch.Tensor, n: int, generator: torch.Generator
 ) -> FeatureMarginSet:
+
     d, patches = config.dim, config.patches
     labels = torch.randint(0, 2, (n,), generator=generator, dtype=torch.float64) * 2 - 1
     is_small_margin = torch.rand(n, generator=generator, dtype=torch.float64) < config.small_margin_fraction

@@ -12,11 +12,28 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import Field
+
+from momentumlab.config import StrictModel
 
 ImageDatasetName = Literal["cifar10", "cifar100", "digits"]
 IMAGE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "digits")
 
 DATA_DIR_VARIABLE = "MOMENTUMLAB_DATA"
+
+
+class ImageDataConfig(StrictModel):
+    """An image classification dataset, optionally subsampled and with a small-margin (corrupted) part."""
+
+    name: ImageDatasetName = "cifar10"
+    corrupted_fraction: float = Field(
+        0.0, ge=0, lt=1, description="fraction of train and of test images made small-margin (Figure 4: 0.1)"
+    )
+    noise_variance: float = Field(0.005, ge=0, description="variance of the corruption's Gaussian noise")
+    downsample: int = Field(2, ge=1, description="the corruption lowers the resolution by this factor")
+    train_size: int | None = Field(None, ge=1, description="random training subset; null means all")
+    test_size: int | None = Field(None, ge=1, description="random test subset; null means all")
+    seed: int | None = Field(None, ge=0, description="data seed (split, subsets, corruption); null: run's")
 
 
 @dataclass(frozen=True)

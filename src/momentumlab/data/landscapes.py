@@ -1,7 +1,8 @@
 """Toy losses as functions of a flat parameter tensor (SPEC §2, Ghosh et al.).
 
 - :func:`scalar_product_loss`: E(w) = ½(y − w1 w2 x)², whose minima form the hyperbola w1 w2 = y/x
-  and differ in sharpness, λ_max = x²(w1² + w2²) (:func:`scalar_product_sharpness`).
+  and differ in sharpness, λ_max = x²(w1² + w2²) (:func:`scalar_product_sharpness`); gradient flow
+  reaches the one of :func:`scalar_product_flow_sharpness`.
 - :class:`NoisyQuadratic`: E(x) = ½ xᵀAx observed through stochastic gradients Ax + ξ with ξ i.i.d.
   N(0, Σ), the noise model under which the momentum average has covariance (1−β)/(1+β)·Σ.
 
@@ -44,6 +45,16 @@ def scalar_product_hessian(w: Tensor, x: float = 1.0, y: float = 0.6) -> Tensor:
 def scalar_product_sharpness(w: Tensor, x: float = 1.0) -> Tensor:
     """λ_max = x²(w1² + w2²), the top Hessian eigenvalue at a minimum (r = 0); shape (...)."""
     return x**2 * (w**2).sum(-1)
+
+
+def scalar_product_flow_sharpness(start: Tensor, x: float = 1.0, y: float = 0.6) -> Tensor:
+    """λ_max at the minimum that the flow w' = −c∇E (any c > 0) reaches from `start` (shape (..., 2)).
+
+    The flow conserves the imbalance D = w1² − w2² (⟨∇D, ∇E⟩ = 0), so it ends on the point of the
+    hyperbola w1 w2 = y/x with that imbalance, where w1² + w2² = √(D² + 4(y/x)²); shape (...).
+    """
+    imbalance = start[..., 0] ** 2 - start[..., 1] ** 2  # D
+    return x**2 * torch.sqrt(imbalance**2 + 4 * (y / x) ** 2)
 
 
 class NoisyQuadratic:

@@ -15,13 +15,42 @@ seed gives the same inputs under every teacher, and everything is deterministic 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 
-from momentumlab.config import TeacherDataConfig
+from momentumlab.config import StrictModel
 from momentumlab.models.mlp import build_network
+from momentumlab.seeds import TEACHER_STREAMS
 
 OFFSET_SAMPLE = 2**12  # inputs used for the median m*; its label imbalance is about 0.5/√OFFSET_SAMPLE (1%)
+TeacherName = Literal["linear", "mlp1", "mlp2", "cnn1", "cnn2"]
+
+
+class TeacherDataConfig(StrictModel):
+    """Table 1's data (SPEC §1): x ~ N(0, I_d), y = sign(teacher(x)) for a random ReLU teacher.
+
+    `mlp1`/`mlp2` have one/two hidden layers of `teacher_width` units; `cnn1`/`cnn2` one/two 1-D
+    convolutions (`teacher_width` channels, `kernel_size`) over the d coordinates, then a linear read-out.
+    """
+
+    teacher: TeacherName = "linear"
+    dim: int = Field(30, ge=2, description="d, input dimension")
+    n_train: int = Field(500, ge=1)
+    n_val: int = Field(1000, ge=0, description="validation examples (for choosing hyperparameters)")
+    n_test: int = Field(5000, ge=1)
+    teacher_width: int = Field(100, ge=1, description="hidden units / channels of the teacher")
+    kernel_size: int = Field(5, ge=1, description="convolution kernel of a CNN teacher")
+    seed: int | None = Field(None, ge=0, description="seed of the teacher and the inputs; null: run's")
+
+    @model_validator(mode="after")
+    def _kernel_fits(self) -> TeacherDataConfig:
+        if self.teacher.startswith("cnn") and self.kernel_size > self.dim:
+            raise ValueError(
+                f"kernel_size = {self.kernel_size} exceeds dim = {self.dim}; allowed: 1..{self.dim}"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -56,7 +85,7 @@ class TeacherData:
 
 def make_teacher(config: TeacherDataConfig, seed: int) -> torch.nn.Module:
     """The random teacher network f* of `seed`, in float64."""
-    generator = torch.Generator().manual_seed(seed * 3 + 1)
+    generator = torch.Generator().manual_seed(seed * TEACHER_STREAMS + 1)
     teacher = build_network(config.teacher, config.dim, config.teacher_width, config.kernel_size, generator)
     return teacher.to(torch.float64)
 
@@ -66,10 +95,13 @@ def make_teacher_data(config: TeacherDataConfig, seed: int) -> TeacherData:
     """Train/validation/test sets of `config`, deterministic in `seed` (float64 inputs, ±1 labels)."""
     teacher = make_teacher(config, seed)
     offset_inputs = torch.randn(
-        OFFSET_SAMPLE, config.dim, generator=torch.Generator().manual_seed(seed * 3 + 2), dtype=torch.float64
+        OFFSET_SAMPLE,
+        config.dim,
+        generator=torch.Generator().manual_seed(seed * TEACHER_STREAMS + 2),
+        dtype=torch.float64,
     )
     offset = teacher(offset_inputs).median()  # m*
-    generator = torch.Generator().manual_seed(seed * 3)
+    generator = torch.Generator().manual_seed(seed * TEACHER_STREAMS)
     sets = []
     for n in (config.n_train, config.n_val, config.n_test):
         inputs = torch.randn(n, config.dim, generator=generator, dtype=torch.float64)

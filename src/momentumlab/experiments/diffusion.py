@@ -1,8 +1,8 @@
 """Reproduction `diffusion`: momentum escapes saddles 1/(1−μ) times faster and fluctuates 1/(1−μ) times
 more at the optimum (Liu, Chen, Zhou, Zhao; SPEC §4).
 
-Streaming PCA in d = 10 (:mod:`momentumlab.probes.diffusion`): MSGD on the sphere at one step η for
-μ ∈ {0, 0.5, 0.9}, many independent runs in one batched computation per setting.
+Streaming PCA (:mod:`momentumlab.probes.diffusion`, d = 10 by default): MSGD on the sphere at one step η
+for every μ, many independent runs in one batched computation per setting.
 
 - *Escape*: every run starts exactly at the saddle e2 with zero velocity; the gradient noise alone
   pushes it off. The escape step is the first k with ⟨θ_k, e1⟩² ≥ ½. Compared with plain SGD at the
@@ -22,95 +22,130 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import torch
-from torch import Tensor
+from pydantic import Field, field_validator
 
-from momentumlab import atomic
 from momentumlab.claims import Claim
-from momentumlab.experiments.base import ReproductionOptions, ReproductionResult, ignored_overrides_note
-from momentumlab.probes.diffusion import (
-    MEDIAN_ABS_NORMAL,
-    StreamingPCA,
-    Track,
-    msgd,
-    ode_alignment,
-    sde,
-    track,
-)
-from momentumlab.report import claims_table, save_figure
+from momentumlab.experiments.reproduction import Reproduction, ReproductionSettings, Seeds, Tables, read_prose
+from momentumlab.probes.diffusion import StreamingPCA, Track, msgd, ode_alignment, pool, sde, track
+from momentumlab.report import markdown_table, save_figure
 from momentumlab.store import RunStore
-from momentumlab.threads import single_thread
 
-NAME = "diffusion"
-TITLE = "Momentum SGD's diffusion limit: faster saddle escape, larger spread at the optimum (Liu et al.)"
-EIGENVALUES = (1.0, 0.5, 0.3, 0.25, 0.2, 0.16, 0.12, 0.09, 0.07, 0.05)  # λ: one gap λ1 − λ2 = 0.5 to e2
 SADDLE = 1  # start at e2: e1 is its only escape direction, with rate (λ1 − λ2)/(1 − μ)
-DEFAULT_SEEDS = (0,)
 ESCAPE_AGREEMENT = 0.25  # MSGD vs SGD at η/(1−μ)
 SDE_AGREEMENT = 0.30
 SPREAD_AGREEMENT = 0.30
-MSGD, SGD, SDE = "MSGD at η", "SGD at η/(1−μ)", "SDE"
-COLORS = ("#d1495b", "#edae49", "#00798c")  # one per μ
-LINESTYLES = {MSGD: "-", SGD: "--", SDE: ":"}
+KINDS = {"msgd": "MSGD at η", "sgd": "SGD at η/(1−μ)", "sde": "SDE", "ode": "ODE from median |Z|"}
+COLORS = ("#d1495b", "#edae49", "#00798c")  # one per μ, repeated beyond three
+LINESTYLES = {"msgd": "-", "sgd": "--", "sde": ":"}
+
+Momentum = Annotated[float, Field(ge=0, lt=1)]
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every size the reproduction uses; tests pass a smaller one as `run(..., settings=...)`."""
+class Settings(ReproductionSettings):
+    """The streaming-PCA problem, the step and momenta, how many runs and how long each lasts."""
 
-    lr: float = 1e-3  # η(λ1 − λ2)/(1−μ)² ≤ 0.05: MSGD grows at e2 within ~5% of the SDE rate γ
-    momenta: tuple[float, ...] = (0.0, 0.5, 0.9)
-    runs: int = 1000  # per seed and setting, from the saddle
-    stationary_runs: int = 500  # per seed and setting, from the optimum
-    horizon: float = 3.0  # escape runs last this many predicted median escape steps
-    records: int = 200  # alignment rows kept per escape run (escape steps are checked every step)
-    sde_step: float = 0.01  # Euler–Maruyama dt/(1 − μ) in t = ηk: γ dt = (λ1 − λ2)·0.01 = 0.005
-    burn_in: float = 5.0  # in relaxation times (1 − μ)/(2η(λ1 − λ2)) of the slowest E[w_j²]
-    stationary_length: float = 10.0  # recorded relaxation times after the burn-in
+    seeds: Seeds = (0,)  # one generator per seed; every simulation of that seed draws from it in turn
+    eigenvalues: tuple[float, ...] = (1.0, 0.5, 0.3, 0.25, 0.2, 0.16, 0.12, 0.09, 0.07, 0.05)  # λ: gap 0.5
+    lr: float = Field(1e-3, gt=0)  # η(λ1 − λ2)/(1−μ)² ≤ 0.05: MSGD grows at e2 within ~5% of the SDE rate γ
+    momenta: tuple[Momentum, ...] = Field((0.0, 0.5, 0.9), min_length=2)
+    runs: int = Field(1000, gt=0)  # per seed and setting, from the saddle
+    stationary_runs: int = Field(500, ge=2)  # per seed and setting, from the optimum
+    horizon: float = Field(3.0, gt=0)  # escape runs last this many predicted median escape steps
+    records: int = Field(200, gt=0)  # alignment rows kept per run (escape steps are checked every step)
+    sde_step: float = Field(0.01, gt=0)  # Euler–Maruyama dt/(1 − μ) in t = ηk: γ dt = (λ1 − λ2)·0.01
+    burn_in: float = Field(5.0, ge=0)  # in relaxation times (1 − μ)/(2η(λ1 − λ2)) of the slowest E[w_j²]
+    stationary_length: float = Field(10.0, gt=0)  # recorded relaxation times after the burn-in
+
+    @classmethod
+    def smoke(cls) -> Settings:
+        """η = 0.01 and few runs: seconds. Far from the diffusion limit (η(λ1−λ2)/(1−μ)² = 0.5 at μ = 0.9)."""
+        return cls(
+            lr=1e-2,
+            runs=100,
+            stationary_runs=50,
+            records=50,
+            sde_step=0.02,
+            burn_in=3.0,
+            stationary_length=4.0,
+        )
+
+    @field_validator("eigenvalues")
+    @classmethod
+    def _distinct_top_eigenvalue(cls, eigenvalues: tuple[float, ...]) -> tuple[float, ...]:
+        _problem(eigenvalues)  # raises a ValueError naming the allowed values
+        return eigenvalues
+
+    @field_validator("momenta")
+    @classmethod
+    def _increasing(cls, momenta: tuple[float, ...]) -> tuple[float, ...]:
+        if any(b <= a for a, b in itertools.pairwise(momenta)):
+            raise ValueError("momenta must increase strictly (the claims compare successive μ)")
+        return momenta
+
+    def problem(self) -> StreamingPCA:
+        """Streaming PCA with Σ = diag(λ), in float32 like every simulation here."""
+        return _problem(self.eigenvalues)
 
 
-def streaming_pca() -> StreamingPCA:
-    return StreamingPCA(torch.tensor(EIGENVALUES, dtype=torch.float32))
+def _problem(eigenvalues: tuple[float, ...]) -> StreamingPCA:
+    return StreamingPCA(torch.tensor(eigenvalues, dtype=torch.float32))
 
 
-def _steps(length: float, records: int) -> tuple[int, int]:
+def _record_grid(length: float, records: int) -> tuple[int, int]:
     """(steps, record_every): record_every = ⌈length/records⌉, steps = records·record_every ≥ length."""
     record_every = max(1, math.ceil(length / records))
     return record_every * records, record_every
 
 
-def _pool(tracks: list[Track]) -> Track:
-    """Tracks of independent runs on the same record grid, as one."""
-    return Track(
-        torch.cat([t.alignment for t in tracks], 1),
-        torch.cat([t.escape for t in tracks]),
-        tracks[0].record_every,
+def _quantile_rows(kind: str, mu: float, steps: torch.Tensor, alignment: torch.Tensor) -> pd.DataFrame:
+    """Mean and quartiles over runs of the alignment at each recorded step."""
+    quartiles = torch.quantile(alignment.double(), torch.tensor([0.25, 0.5, 0.75]).double(), dim=1)
+    return pd.DataFrame(
+        {
+            "kind": kind,
+            "momentum": mu,
+            "step": steps.double().numpy(),
+            "mean_alignment": alignment.double().mean(1).numpy(),
+            "lower_quartile": quartiles[0].numpy(),
+            "median_alignment": quartiles[1].numpy(),
+            "upper_quartile": quartiles[2].numpy(),
+        }
     )
 
 
-@dataclass(frozen=True)
-class Measured:
-    escape: dict[tuple[str, float], Track]  # (MSGD | SGD | SDE, μ) → runs from the saddle
-    spread: dict[tuple[str, float], Tensor]  # (MSGD | SDE, μ) → per-run mean of 1 − a at stationarity
-    iteration: dict[tuple[str, float], float]  # iterations per simulated step: 1, or dt/η for the SDE
+def _per_run(kind: str, mu: float, seeds: tuple[int, ...], column: str, values: torch.Tensor) -> pd.DataFrame:
+    """One row per run of pooled seeds (equally many runs each, in seed order)."""
+    per_seed = len(values) // len(seeds)
+    return pd.DataFrame(
+        {
+            "kind": kind,
+            "momentum": mu,
+            "seed": [seed for seed in seeds for _ in range(per_seed)],
+            "run": list(range(per_seed)) * len(seeds),
+            column: values.double().numpy(),
+        }
+    )
 
 
-def _simulate(problem: StreamingPCA, seeds: tuple[int, ...], settings: Settings) -> Measured:
-    """All escape and stationary runs, every seed's runs pooled."""
-    eta = settings.lr
+def measure(settings: Settings, store: RunStore) -> Tables:
+    """Simulate every escape and stationary run (seconds; no stored runs), every seed's runs pooled."""
+    problem, eta = settings.problem(), settings.lr
     gap = float(problem.eigenvalues[0] - problem.eigenvalues[SADDLE])
     saddle, optimum = problem.eigenvector(SADDLE), problem.eigenvector(0)
     escape: dict[tuple[str, float], list[Track]] = {}
-    spread: dict[tuple[str, float], list[Tensor]] = {}
-    iteration: dict[tuple[str, float], float] = {}
-    for seed in seeds:
+    spread: dict[tuple[str, float], list[torch.Tensor]] = {}
+    iteration: dict[tuple[str, float], float] = {}  # iterations per simulated step: 1, or dt/η for the SDE
+    for seed in settings.seeds:
         generator = torch.Generator().manual_seed(seed)  # every simulation draws from it in turn
         for mu in settings.momenta:
             dt = settings.sde_step * (1 - mu)
@@ -118,56 +153,215 @@ def _simulate(problem: StreamingPCA, seeds: tuple[int, ...], settings: Settings)
             relaxation = (1 - mu) / (2 * eta * gap)  # iterations for E[w_2²] to relax by e
             stationary = (settings.burn_in + settings.stationary_length) * relaxation
             start = saddle.expand(settings.runs, -1)
-            runs = {MSGD: msgd(problem, start, eta, mu, generator)}
+            runs = {"msgd": msgd(problem, start, eta, mu, generator)}
             if mu > 0:
-                runs[SGD] = msgd(problem, start, eta / (1 - mu), 0.0, generator)
-            runs[SDE] = sde(problem, start, eta, mu, dt, generator)
+                runs["sgd"] = msgd(problem, start, eta / (1 - mu), 0.0, generator)
+            runs["sde"] = sde(problem, start, eta, mu, dt, generator)
             for kind, iterates in runs.items():
-                iteration[kind, mu] = dt / eta if kind == SDE else 1.0
-                steps, every = _steps(length / iteration[kind, mu], settings.records)
+                iteration[kind, mu] = dt / eta if kind == "sde" else 1.0
+                steps, every = _record_grid(length / iteration[kind, mu], settings.records)
                 escape.setdefault((kind, mu), []).append(track(problem, start, iterates, steps, every))
             start = optimum.expand(settings.stationary_runs, -1)
             for kind, iterates in (
-                (MSGD, msgd(problem, start, eta, mu, generator)),
-                (SDE, sde(problem, start, eta, mu, dt, generator)),
+                ("msgd", msgd(problem, start, eta, mu, generator)),
+                ("sde", sde(problem, start, eta, mu, dt, generator)),
             ):
-                steps, every = _steps(stationary / iteration[kind, mu], settings.records)
+                steps, every = _record_grid(stationary / iteration[kind, mu], settings.records)
                 burn_in = settings.burn_in * relaxation / iteration[kind, mu]
                 tracked = track(problem, start, iterates, steps, every)
                 spread.setdefault((kind, mu), []).append(tracked.spread(burn_in))
-    return Measured(
-        {key: _pool(tracks) for key, tracks in escape.items()},
-        {key: torch.cat(parts).double() for key, parts in spread.items()},
-        iteration,
+
+    escape_rows, escape_runs, paths = [], [], []
+    for (kind, mu), tracks in escape.items():
+        pooled = pool(tracks)
+        steps = pooled.escape * iteration[kind, mu]  # escape steps in iterations (SDE: t/η)
+        low, high = torch.quantile(steps.double(), torch.tensor([0.25, 0.75]).double()).tolist()
+        escape_rows.append(
+            {
+                "kind": kind,
+                "momentum": mu,
+                "median_step": float(steps.median()),  # the lower median; inf if over half never escaped
+                "lower_quartile": low,
+                "upper_quartile": high,
+                "never_escaped": float(torch.isinf(steps).double().mean()),
+            }
+        )
+        escape_runs.append(_per_run(kind, mu, settings.seeds, "escape_step", steps))
+        if kind != "sgd":
+            paths.append(
+                _quantile_rows(kind, mu, pooled.steps.double() * iteration[kind, mu], pooled.alignment)
+            )
+        if kind == "msgd":
+            times = pooled.steps.double() * eta  # t = ηk
+            ode = ode_alignment(problem, problem.ode_escape_start(eta, mu, SADDLE), mu, times)
+            paths.append(
+                pd.DataFrame(
+                    {
+                        "kind": "ode",
+                        "momentum": mu,
+                        "step": pooled.steps.double().numpy(),
+                        "mean_alignment": ode.numpy(),
+                    }
+                )
+            )
+    spread_rows, spread_runs = [], []
+    for (kind, mu), parts in spread.items():
+        values = torch.cat(parts).double()  # per run: the mean of 1 − a after the burn-in
+        spread_rows.append(
+            {
+                "kind": kind,
+                "momentum": mu,
+                "mean_spread": float(values.mean()),
+                "standard_error": float(values.std()) / math.sqrt(len(values)),
+            }
+        )
+        spread_runs.append(_per_run(kind, mu, settings.seeds, "spread", values))
+    return {
+        "escape": pd.DataFrame(escape_rows),
+        "escape_runs": pd.concat(escape_runs, ignore_index=True),
+        "paths": pd.concat(paths, ignore_index=True),
+        "spread": pd.DataFrame(spread_rows),
+        "spread_runs": pd.concat(spread_runs, ignore_index=True),
+    }
+
+
+def _by_momentum(table: pd.DataFrame, kind: str, column: str) -> dict[float, float]:
+    """{μ: value} of one kind's rows, in the order of the momenta."""
+    rows = table[table["kind"] == kind]
+    return dict(zip(rows["momentum"].tolist(), rows[column].tolist()))
+
+
+def _medians(tables: Tables, kind: str) -> dict[float, float]:
+    return _by_momentum(tables["escape"], kind, "median_step")
+
+
+def _spreads(tables: Tables, kind: str) -> dict[float, float]:
+    return _by_momentum(tables["spread"], kind, "mean_spread")
+
+
+def escape_faster_with_momentum(settings: Settings, tables: Tables) -> Claim:
+    """At the same step η, MSGD leaves the saddle sooner as μ grows.
+
+    References: Liu, Chen, Zhou & Zhao (2018), abstract (SPEC §4, constants unverified) — near a saddle
+    the rescaled fluctuation follows an Ornstein–Uhlenbeck-type SDE with drift and diffusion scaled by
+    1/(1 − μ), so momentum escapes saddles about 1/(1 − μ) times faster."""
+    medians = _medians(tables, "msgd")
+    return Claim(
+        "escape-faster-with-momentum",
+        "at equal η, MSGD's median escape step falls as μ grows (max over successive μ of "
+        "median(μ_{i+1}) / median(μ_i) < 1)",
+        max(b / a for a, b in itertools.pairwise(medians.values())),
+        1.0,
+        "<",
+        {str(mu): value for mu, value in medians.items()},
     )
 
 
-def _median(measured: Measured, kind: str, mu: float) -> float:
-    """Lower median escape step (iterations; inf if over half the runs never escaped)."""
-    return float(measured.escape[kind, mu].escape.median()) * measured.iteration[kind, mu]
+def msgd_escape_matches_sgd_at_effective_step(settings: Settings, tables: Tables) -> Claim:
+    """MSGD at η escapes the saddle like plain SGD at η/(1 − μ).
+
+    References: Liu, Chen, Zhou & Zhao (2018), abstract (SPEC §4) — in the diffusion limit MSGD's drift
+    and diffusion are those of SGD scaled by 1/(1 − μ), i.e. SGD at the effective step η/(1 − μ)."""
+    msgd_medians, sgd_medians = _medians(tables, "msgd"), _medians(tables, "sgd")
+    return Claim(
+        "msgd-escape-matches-sgd-at-effective-step",
+        f"MSGD's median escape step at η is within {ESCAPE_AGREEMENT:.0%} of SGD's at η/(1−μ) (max over "
+        "μ > 0 of the relative difference)",
+        max(abs(msgd_medians[mu] / sgd - 1) for mu, sgd in sgd_medians.items()),
+        ESCAPE_AGREEMENT,
+        "<=",
+        {str(mu): {"msgd": msgd_medians[mu], "sgd": sgd} for mu, sgd in sgd_medians.items()},
+    )
 
 
-def _ode_start(problem: StreamingPCA, lr: float, mu: float) -> Tensor:
-    """cos·e2 + u0·e1 with u0 = median |Z|: the ODE's start that the linearized SDE calls typical."""
-    u0 = MEDIAN_ABS_NORMAL * problem.escape_scale(lr, mu, SADDLE)
-    return math.sqrt(1 - u0**2) * problem.eigenvector(SADDLE).double() + u0 * problem.eigenvector(0).double()
+def sde_escape_matches_msgd(settings: Settings, tables: Tables) -> Claim:
+    """The approximating SDE escapes the saddle when MSGD does.
+
+    References: Liu, Chen, Zhou & Zhao (2018), abstract (SPEC §4) — MSGD is approximated by the
+    diffusion dθ = −∇F/(1 − μ) dt + (√η/(1 − μ))Σ_g^{1/2} dW, whose escape times should match MSGD's."""
+    msgd_medians, sde_medians = _medians(tables, "msgd"), _medians(tables, "sde")
+    return Claim(
+        "sde-escape-matches-msgd",
+        f"the SDE's median escape time (t/η) is within {SDE_AGREEMENT:.0%} of MSGD's median escape step "
+        "(max over μ of the relative difference)",
+        max(abs(sde_medians[mu] / msgd - 1) for mu, msgd in msgd_medians.items()),
+        SDE_AGREEMENT,
+        "<=",
+        {str(mu): {"msgd": msgd, "sde": sde_medians[mu]} for mu, msgd in msgd_medians.items()},
+    )
 
 
-def _plot_escape(problem: StreamingPCA, measured: Measured, settings: Settings, path: Path) -> Path:
+def stationary_spread_grows_with_momentum(settings: Settings, tables: Tables) -> Claim:
+    """Near the optimum, MSGD fluctuates more as μ grows.
+
+    References: Liu, Chen, Zhou & Zhao (2018), abstract (SPEC §4) — near the optimum the stationary
+    variance is about 1/(1 − μ) times SGD's, so momentum hurts the final accuracy without annealing."""
+    spreads = _spreads(tables, "msgd")
+    return Claim(
+        "stationary-spread-grows-with-momentum",
+        "near the optimum, E[1 − ⟨θ, e1⟩²] grows with μ (min over successive μ of "
+        "spread(μ_{i+1}) / spread(μ_i) > 1)",
+        min(b / a for a, b in itertools.pairwise(spreads.values())),
+        1.0,
+        ">",
+        {str(mu): value for mu, value in spreads.items()},
+    )
+
+
+def stationary_spread_matches_prediction(settings: Settings, tables: Tables) -> Claim:
+    """Near the optimum, MSGD's spread is the Ornstein–Uhlenbeck prediction.
+
+    References: Liu, Chen, Zhou & Zhao (2018), abstract (SPEC §4) — the stationary variance
+    ησ²/(2λ(1 − μ)) of a quadratic of curvature λ; summed over the directions e_j (j ≥ 2), with
+    σ² = λ1λj and λ = λ1 − λj, it is Σ_j ηλ1λj/(2(λ1 − λj)(1 − μ))."""
+    problem = settings.problem()
+    spreads, sde_spreads = _spreads(tables, "msgd"), _spreads(tables, "sde")
+    predicted = {mu: problem.stationary_spread(settings.lr, mu) for mu in spreads}
+    return Claim(
+        "stationary-spread-matches-prediction",
+        f"near the optimum, E[1 − ⟨θ, e1⟩²] is within {SPREAD_AGREEMENT:.0%} of "
+        "Σ_j ηλ1λj/(2(λ1 − λj)(1 − μ)) (max over μ of the relative difference)",
+        max(abs(spreads[mu] / predicted[mu] - 1) for mu in spreads),
+        SPREAD_AGREEMENT,
+        "<=",
+        {
+            str(mu): {"measured": value, "predicted": predicted[mu], "sde": sde_spreads[mu]}
+            for mu, value in spreads.items()
+        },
+    )
+
+
+CLAIMS = (
+    escape_faster_with_momentum,
+    msgd_escape_matches_sgd_at_effective_step,
+    sde_escape_matches_msgd,
+    stationary_spread_grows_with_momentum,
+    stationary_spread_matches_prediction,
+)
+
+
+def _momentum_ticks(axis: plt.Axes, momenta: tuple[float, ...]) -> None:
+    axis.set_xscale("log")
+    axis.set_xticks([1 - mu for mu in momenta], [f"{1 - mu:g}\n(μ = {mu})" for mu in momenta])
+    axis.set_xlabel("1 − μ")
+
+
+def _plot_escape(settings: Settings, tables: Tables, path: Path) -> Path:
     """ECDFs of the escape steps, and the medians against μ beside the prediction."""
+    problem, momenta = settings.problem(), settings.momenta
+    colors = dict(zip(momenta, itertools.cycle(COLORS)))
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
-    for mu, color in zip(settings.momenta, COLORS):
-        for kind in (MSGD, SGD, SDE):
-            if (kind, mu) not in measured.escape:
-                continue
-            steps = measured.escape[kind, mu].escape * measured.iteration[kind, mu]
-            ordered = steps[torch.isfinite(steps)].sort().values
-            fraction = torch.arange(1, len(ordered) + 1) / len(steps)
-            left.step(ordered, fraction, where="post", color=color, linestyle=LINESTYLES[kind], linewidth=1.4)
-    for mu, color in zip(settings.momenta, COLORS):
-        left.plot([], [], color=color, linewidth=6, label=f"μ = {mu}")
+    for (kind, mu), rows in tables["escape_runs"].groupby(["kind", "momentum"], sort=False):
+        steps = rows["escape_step"].to_numpy()
+        ordered = np.sort(steps[np.isfinite(steps)])
+        fraction = np.arange(1, len(ordered) + 1) / len(steps)
+        left.step(
+            ordered, fraction, where="post", color=colors[mu], linestyle=LINESTYLES[kind], linewidth=1.4
+        )
+    for mu in momenta:
+        left.plot([], [], color=colors[mu], linewidth=6, label=f"μ = {mu}")
     for kind, style in LINESTYLES.items():
-        label = f"{kind} (μ > 0)" if kind == SGD else kind
+        label = f"{KINDS[kind]} (μ > 0)" if kind == "sgd" else KINDS[kind]
         left.plot([], [], color="black", linestyle=style, label=label)
     left.axhline(0.5, color="gray", linewidth=0.8)
     left.set_xscale("log")
@@ -179,29 +373,27 @@ def _plot_escape(problem: StreamingPCA, measured: Measured, settings: Settings, 
 
     grid = torch.linspace(0, 0.95, 100).tolist()
     right.plot(
-        [1 - m for m in grid],
-        [problem.median_escape_step(settings.lr, m, SADDLE) for m in grid],
+        [1 - mu for mu in grid],
+        [problem.median_escape_step(settings.lr, mu, SADDLE) for mu in grid],
         color="black",
         linewidth=1,
         label="prediction (ODE from median |Z|)",
     )
-    markers = {MSGD: ("o", 0.92), SGD: ("s", 1.0), SDE: ("^", 1.08)}
-    for kind, (marker, offset) in markers.items():
-        momenta = [m for m in settings.momenta if (kind, m) in measured.escape]
+    markers = {"msgd": ("o", 0.92, "#d1495b"), "sgd": ("s", 1.0, "#30638e"), "sde": ("^", 1.08, "#00798c")}
+    for kind, (marker, offset, color) in markers.items():
+        medians = _medians(tables, kind)
         right.plot(
-            [(1 - m) * offset for m in momenta],
-            [_median(measured, kind, m) for m in momenta],
+            [(1 - mu) * offset for mu in medians],
+            list(medians.values()),
             marker=marker,
             linestyle="none",
             markersize=8,
-            markerfacecolor="none" if kind != MSGD else None,
-            color={MSGD: "#d1495b", SGD: "#30638e", SDE: "#00798c"}[kind],
-            label=kind,
+            markerfacecolor="none" if kind != "msgd" else None,
+            color=color,
+            label=KINDS[kind],
         )
-    right.set_xscale("log")
     right.set_yscale("log")
-    right.set_xticks([1 - m for m in settings.momenta], [f"{1 - m:g}\n(μ = {m})" for m in settings.momenta])
-    right.set_xlabel("1 − μ")
+    _momentum_ticks(right, momenta)
     right.set_ylabel("median escape step")
     right.set_title("median escape step: MSGD at η, SGD at η/(1−μ), SDE", fontsize=10)
     right.legend(fontsize=8)
@@ -209,46 +401,62 @@ def _plot_escape(problem: StreamingPCA, measured: Measured, settings: Settings, 
     return save_figure(figure, path)
 
 
-def _plot_paths(problem: StreamingPCA, measured: Measured, settings: Settings, path: Path) -> Path:
+def _plot_paths(settings: Settings, tables: Tables, path: Path) -> Path:
     """Mean and quartiles of the alignment from the saddle, the SDE's mean and the ODE path, per μ."""
-    figure, axes = plt.subplots(1, len(settings.momenta), figsize=(4.4 * len(settings.momenta), 4.2))
-    for axis, mu in zip(axes, settings.momenta):
-        tracked = measured.escape[MSGD, mu]
-        steps = tracked.steps.double()
-        quartiles = torch.quantile(
-            tracked.alignment.double(), torch.tensor([0.25, 0.5, 0.75]).double(), dim=1
-        )
+    momenta = settings.momenta
+    figure, axes = plt.subplots(1, len(momenta), figsize=(4.4 * len(momenta), 4.2), squeeze=False)
+    paths = tables["paths"]
+    for axis, mu in zip(axes[0], momenta):
+        of_mu = paths[paths["momentum"] == mu]
+        msgd_path, sde_path, ode_path = (of_mu[of_mu["kind"] == kind] for kind in ("msgd", "sde", "ode"))
+        steps = msgd_path["step"]
         axis.fill_between(
-            steps, quartiles[0], quartiles[2], color="#d1495b", alpha=0.2, label="MSGD quartiles"
+            steps,
+            msgd_path["lower_quartile"],
+            msgd_path["upper_quartile"],
+            color="#d1495b",
+            alpha=0.2,
+            label="MSGD quartiles",
         )
-        axis.plot(steps, tracked.alignment.double().mean(1), color="#d1495b", label="MSGD mean")
-        axis.plot(steps, quartiles[1], color="#d1495b", linewidth=0.8, linestyle="-.", label="MSGD median")
-        stochastic = measured.escape[SDE, mu]
+        axis.plot(steps, msgd_path["mean_alignment"], color="#d1495b", label="MSGD mean")
         axis.plot(
-            stochastic.steps * measured.iteration[SDE, mu],
-            stochastic.alignment.double().mean(1),
+            steps,
+            msgd_path["median_alignment"],
+            color="#d1495b",
+            linewidth=0.8,
+            linestyle="-.",
+            label="MSGD median",
+        )
+        axis.plot(
+            sde_path["step"],
+            sde_path["mean_alignment"],
             color="#00798c",
             linestyle=":",
             linewidth=2,
             label="SDE mean",
         )
-        ode = ode_alignment(problem, _ode_start(problem, settings.lr, mu), mu, steps * settings.lr)
-        axis.plot(steps, ode, color="black", linestyle="--", linewidth=1.2, label="ODE from median |Z|")
+        axis.plot(
+            ode_path["step"],
+            ode_path["mean_alignment"],
+            color="black",
+            linestyle="--",
+            linewidth=1.2,
+            label=KINDS["ode"],
+        )
         axis.axhline(0.5, color="gray", linewidth=0.8)
         axis.set_title(f"μ = {mu}", fontsize=10)
         axis.set_xlabel("iteration k (SDE: t/η)")
         axis.set_ylim(-0.02, 1.02)
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("alignment ⟨θ_k, e1⟩²")
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0, 0].set_ylabel("alignment ⟨θ_k, e1⟩²")
+    axes[0, 0].legend(fontsize=8, loc="lower right")
     figure.suptitle(f"From the saddle e2 at η = {settings.lr:g}: alignment paths and the ODE θ' = −∇F/(1−μ)")
     return save_figure(figure, path)
 
 
-def _plot_spread(
-    problem: StreamingPCA, measured: Measured, settings: Settings, predicted: list[float], path: Path
-) -> Path:
+def _plot_spread(settings: Settings, tables: Tables, path: Path) -> Path:
     """E[1 − a] near the optimum against 1 − μ with the prediction, and the relative deviation."""
+    problem, momenta = settings.problem(), settings.momenta
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
     grid = torch.logspace(math.log10(0.05), 0, 100).tolist()  # 1 − μ
     left.plot(
@@ -260,188 +468,115 @@ def _plot_spread(
     )
     right.axhspan(-SPREAD_AGREEMENT, SPREAD_AGREEMENT, color="0.9", label=f"±{SPREAD_AGREEMENT:.0%} (claim)")
     right.axhline(0, color="black", linewidth=1)
-    one_minus = torch.tensor([1 - m for m in settings.momenta])
-    for kind, color, marker, offset in ((MSGD, "#d1495b", "o", 0.95), (SDE, "#00798c", "^", 1.05)):
-        values = [measured.spread[kind, m] for m in settings.momenta]
-        mean = torch.tensor([float(v.mean()) for v in values])
-        error = torch.tensor([2 * float(v.std()) / math.sqrt(len(v)) for v in values])
-        reference = torch.tensor(predicted)
+    predicted = pd.Series([problem.stationary_spread(settings.lr, mu) for mu in momenta], index=momenta)
+    for kind, color, marker, offset in (("msgd", "#d1495b", "o", 0.95), ("sde", "#00798c", "^", 1.05)):
+        rows = tables["spread"][tables["spread"]["kind"] == kind].set_index("momentum")
+        one_minus = (1 - rows.index.to_series()) * offset
+        error = 2 * rows["standard_error"]
+        reference = predicted[rows.index]
         options = {"color": color, "marker": marker, "linestyle": "none", "markersize": 7, "capsize": 3}
-        left.errorbar(one_minus * offset, mean, yerr=error, label=kind, **options)
-        right.errorbar(
-            one_minus * offset, mean / reference - 1, yerr=error / reference, label=kind, **options
-        )
+        left.errorbar(one_minus, rows["mean_spread"], yerr=error, label=KINDS[kind], **options)
+        deviation = rows["mean_spread"] / reference - 1
+        right.errorbar(one_minus, deviation, yerr=error / reference, label=KINDS[kind], **options)
     left.set_yscale("log")
     left.set_ylabel("E[1 − ⟨θ, e1⟩²] at stationarity")
     left.set_title("spread near the optimum e1 (error bars ±2 SE)", fontsize=10)
     right.set_ylabel("measured / predicted − 1")
     right.set_title("relative deviation from the prediction", fontsize=10)
     for axis in (left, right):
-        axis.set_xscale("log")
-        axis.set_xlabel("1 − μ")
-        axis.set_xticks(one_minus.tolist(), [f"{1 - m:g}\n(μ = {m})" for m in settings.momenta])
+        _momentum_ticks(axis, momenta)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     return save_figure(figure, path)
 
 
-def run(
-    store: RunStore, out_dir: Path, options: ReproductionOptions, settings: Settings = Settings()
-) -> ReproductionResult:
-    """Simulate (seconds; `store` is unused), then write the figures, claims.json and the report section."""
-    seeds = options.seeds or DEFAULT_SEEDS
-    problem = streaming_pca()
-    momenta, eta = settings.momenta, settings.lr
-    with single_thread():
-        measured = _simulate(problem, seeds, settings)
-    medians = {
-        kind: {m: _median(measured, kind, m) for m in momenta if (kind, m) in measured.escape}
-        for kind in (MSGD, SGD, SDE)
+def figures(settings: Settings, tables: Tables, out_dir: Path) -> list[Path]:
+    """Escape times, alignment paths from the saddle, and the stationary spread against 1 − μ."""
+    return [
+        _plot_escape(settings, tables, out_dir / "escape_times.png"),
+        _plot_paths(settings, tables, out_dir / "alignment_paths.png"),
+        _plot_spread(settings, tables, out_dir / "stationary_spread.png"),
+    ]
+
+
+def _escape_table(settings: Settings, tables: Tables) -> str:
+    """Median [quartiles] escape step per μ and kind, beside the prediction and SPEC's scale."""
+    problem, eta = settings.problem(), settings.lr
+    gap = float(problem.eigenvalues[0] - problem.eigenvalues[SADDLE])
+    cells = {
+        (
+            row.kind,
+            row.momentum,
+        ): f"{row.median_step:.0f} [{row.lower_quartile:.0f}, {row.upper_quartile:.0f}]"
+        + (f", {row.never_escaped:.1%} never" if row.never_escaped else "")
+        for row in tables["escape"].itertuples()
     }
-    predicted_escape = {m: problem.median_escape_step(eta, m, SADDLE) for m in momenta}
-    spread = {kind: {m: float(measured.spread[kind, m].mean()) for m in momenta} for kind in (MSGD, SDE)}
-    spread_error = {
-        kind: {
-            m: float(measured.spread[kind, m].std()) / math.sqrt(len(measured.spread[kind, m]))
-            for m in momenta
+    rows = [
+        {
+            "μ": mu,
+            KINDS["msgd"]: cells["msgd", mu],
+            KINDS["sgd"]: cells.get(("sgd", mu), "= MSGD"),
+            "SDE (t/η)": cells["sde", mu],
+            "prediction": f"{problem.median_escape_step(eta, mu, SADDLE):.0f}",
+            "SPEC scale (1−μ)log(1/η)/(η(λ1−λ2))": f"{(1 - mu) * math.log(1 / eta) / (eta * gap):.0f}",
         }
-        for kind in (MSGD, SDE)
+        for mu in settings.momenta
+    ]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def _spread_table(settings: Settings, tables: Tables) -> str:
+    """Mean ± standard error of E[1 − a] per μ, MSGD and SDE, beside the prediction."""
+    problem, momenta = settings.problem(), settings.momenta
+    cells = {
+        (row.kind, row.momentum): f"{row.mean_spread:.3e} ± {row.standard_error:.1e}"
+        for row in tables["spread"].itertuples()
     }
-    predicted_spread = [problem.stationary_spread(eta, m) for m in momenta]
-    msgd_vs_sgd = {m: medians[MSGD][m] / medians[SGD][m] - 1 for m in medians[SGD]}
-    sde_vs_msgd = {m: medians[SDE][m] / medians[MSGD][m] - 1 for m in momenta}
-    spread_vs_prediction = {m: spread[MSGD][m] / p - 1 for m, p in zip(momenta, predicted_spread)}
-
-    def by_mu(values: dict[float, float]) -> dict[str, float]:
-        return {str(m): v for m, v in values.items()}
-
-    claims = [
-        Claim(
-            "escape-faster-with-momentum",
-            "at equal η, MSGD's median escape step falls as μ grows (max over successive μ of "
-            "median(μ_{i+1}) / median(μ_i) < 1)",
-            max(b / a for a, b in itertools.pairwise(medians[MSGD].values())),
-            1.0,
-            "<",
-            by_mu(medians[MSGD]),
-        ),
-        Claim(
-            "msgd-escape-matches-sgd-at-effective-step",
-            f"MSGD's median escape step at η is within {ESCAPE_AGREEMENT:.0%} of SGD's at η/(1−μ) (max over "
-            "μ > 0 of the relative difference)",
-            max(abs(v) for v in msgd_vs_sgd.values()),
-            ESCAPE_AGREEMENT,
-            "<=",
-            {str(m): {"msgd": medians[MSGD][m], "sgd": medians[SGD][m]} for m in medians[SGD]},
-        ),
-        Claim(
-            "sde-escape-matches-msgd",
-            f"the SDE's median escape time (t/η) is within {SDE_AGREEMENT:.0%} of MSGD's median escape step "
-            "(max over μ of the relative difference)",
-            max(abs(v) for v in sde_vs_msgd.values()),
-            SDE_AGREEMENT,
-            "<=",
-            {str(m): {"msgd": medians[MSGD][m], "sde": medians[SDE][m]} for m in momenta},
-        ),
-        Claim(
-            "stationary-spread-grows-with-momentum",
-            "near the optimum, E[1 − ⟨θ, e1⟩²] grows with μ (min over successive μ of "
-            "spread(μ_{i+1}) / spread(μ_i) > 1)",
-            min(b / a for a, b in itertools.pairwise(spread[MSGD].values())),
-            1.0,
-            ">",
-            by_mu(spread[MSGD]),
-        ),
-        Claim(
-            "stationary-spread-matches-prediction",
-            f"near the optimum, E[1 − ⟨θ, e1⟩²] is within {SPREAD_AGREEMENT:.0%} of "
-            "Σ_j ηλ1λj/(2(λ1 − λj)(1 − μ)) (max over μ of the relative difference)",
-            max(abs(v) for v in spread_vs_prediction.values()),
-            SPREAD_AGREEMENT,
-            "<=",
+    spreads = _spreads(tables, "msgd")
+    rows = []
+    for mu in momenta:
+        predicted = problem.stationary_spread(settings.lr, mu)
+        rows.append(
             {
-                str(m): {"measured": spread[MSGD][m], "predicted": p, "sde": spread[SDE][m]}
-                for m, p in zip(momenta, predicted_spread)
-            },
-        ),
-    ]
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures = [
-        _plot_escape(problem, measured, settings, out_dir / "escape_times.png"),
-        _plot_paths(problem, measured, settings, out_dir / "alignment_paths.png"),
-        _plot_spread(problem, measured, settings, predicted_spread, out_dir / "stationary_spread.png"),
-    ]
-    atomic.write_json(out_dir / "claims.json", [claim.to_json() for claim in claims])
-
-    gap = EIGENVALUES[0] - EIGENVALUES[SADDLE]
-
-    def quartiles(kind: str, mu: float) -> str:
-        steps = measured.escape[kind, mu].escape * measured.iteration[kind, mu]
-        low, high = torch.quantile(steps.double(), torch.tensor([0.25, 0.75]).double()).tolist()
-        never = float(torch.isinf(steps).double().mean())
-        return f"{_median(measured, kind, mu):.0f} [{low:.0f}, {high:.0f}]" + (
-            f", {never:.1%} never" if never else ""
+                "μ": mu,
+                "MSGD": cells["msgd", mu],
+                "SDE": cells["sde", mu],
+                "prediction": f"{predicted:.3e}",
+                "MSGD / prediction − 1": f"{spreads[mu] / predicted - 1:+.1%}",
+                f"MSGD spread(μ) / spread({momenta[0]})": f"{spreads[mu] / spreads[momenta[0]]:.3f}",
+                "1/(1−μ)": f"{1 / (1 - mu):.3f}",
+            }
         )
+    return markdown_table(pd.DataFrame(rows))
 
-    escape_rows = [
-        "| μ | MSGD at η | SGD at η/(1−μ) | SDE (t/η) | prediction | SPEC scale (1−μ)log(1/η)/(η(λ1−λ2)) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for m in momenta:
-        sgd = quartiles(SGD, m) if (SGD, m) in measured.escape else "= MSGD"
-        escape_rows.append(
-            f"| {m} | {quartiles(MSGD, m)} | {sgd} | {quartiles(SDE, m)} | {predicted_escape[m]:.0f} "
-            f"| {(1 - m) * math.log(1 / eta) / (eta * gap):.0f} |"
-        )
-    spread_rows = [
-        "| μ | MSGD | SDE | prediction | MSGD / prediction − 1 | MSGD spread(μ) / spread(0) | 1/(1−μ) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for m, p in zip(momenta, predicted_spread):
-        spread_rows.append(
-            f"| {m} | {spread[MSGD][m]:.3e} ± {spread_error[MSGD][m]:.1e} "
-            f"| {spread[SDE][m]:.3e} ± {spread_error[SDE][m]:.1e} | {p:.3e} | {spread_vs_prediction[m]:+.1%} "
-            f"| {spread[MSGD][m] / spread[MSGD][momenta[0]]:.3f} | {1 / (1 - m):.3f} |"
-        )
-    runs = len(seeds) * settings.runs
-    command = f"momentumlab reproduce {NAME} --seeds {','.join(map(str, seeds))}"
-    ignored = ignored_overrides_note(options)
-    section = "\n\n".join(
-        [
-            f"## {TITLE}\n\nCommand: `{command}`.{ignored}",
-            (
-                f"Streaming PCA in d = {problem.dim}: x ~ N(0, Σ), Σ = diag(λ), λ = {list(EIGENVALUES)}; "
-                "minimize F(θ) = −θᵀΣθ/2 on the unit sphere with ℓ(θ; x) = −(xᵀθ)²/2. MSGD with the "
-                "retraction Π(v) = v/‖v‖: θ_{k+1} = Π(θ_k − η∇ℓ(θ_k; x_k) + μ(θ_k − θ_{k−1})), θ_{−1} = θ_0, "
-                f"η = {eta:g}, μ ∈ {{{', '.join(map(str, momenta))}}}. Per seed and setting, {settings.runs} "
-                f"runs from the saddle e2 (escape step: first k with ⟨θ_k, e1⟩² ≥ ½, checked at every step; "
-                f"runs last {settings.horizon:g}× the predicted median) and {settings.stationary_runs} runs "
-                f"from e1 (E[1 − ⟨θ, e1⟩²] after {settings.burn_in:g} relaxation times (1−μ)/(2η(λ1−λ2)), "
-                f"averaged over the next {settings.stationary_length:g}); seeds {list(seeds)} "
-                f"({runs} escape runs per setting in all). Each setting is one batched computation of shape "
-                "(runs, d), in float32."
-            ),
-            (
-                "Theory. Heavy ball's velocity sums the last ~1/(1−μ) gradients, so in time t = ηk MSGD "
-                "follows dθ = −∇F/(1−μ) dt + (√η/(1−μ))Σ_g^{1/2} dW with Σ_g(θ) = (θᵀΣθ)Σ + ΣθθᵀΣ "
-                "(Gaussian x); the SDE is integrated by Euler–Maruyama with "
-                f"dt = {settings.sde_step:g}(1−μ) and Π after each step. At e2, u = ⟨θ, e1⟩ grows like "
-                "e^{γt}Z, γ = (λ1−λ2)/(1−μ), Z ~ N(0, ηλ1λ2/(2(λ1−λ2)(1−μ))): "
-                "the prediction is the step at which the ODE θ' = −∇F/(1−μ) from u0 = median |Z| reaches "
-                "alignment ½, i.e. (1−μ)log((1−u0²)/u0²)/(2η(λ1−λ2)). SGD at η/(1−μ) has the same drift and "
-                "diffusion per iteration, hence the same prediction. Near e1 each w_j = ⟨θ, e_j⟩ is an "
-                "Ornstein–Uhlenbeck process of curvature λ1−λj and noise variance λ1λj, so "
-                "E[1 − ⟨θ, e1⟩²] = Σ_j ηλ1λj/(2(λ1−λj)(1−μ)) — SPEC's ησ²/(2λ(1−μ)) per direction, "
-                "1/(1−μ) times SGD's at the same η."
-            ),
-            "### Claims\n\n" + claims_table(claims),
-            "### Escape from the saddle e2 (median [quartiles] escape step)\n\n" + "\n".join(escape_rows),
-            ("### Stationary spread near e1 (mean ± standard error over runs)\n\n" + "\n".join(spread_rows)),
-            (
-                f"![escape times]({NAME}/escape_times.png)\n\n![alignment paths]({NAME}/alignment_paths.png)"
-                f"\n\n![stationary spread]({NAME}/stationary_spread.png)"
-            ),
-        ]
-    )
-    return ReproductionResult(NAME, TITLE, claims, section, figures)
+
+def report(settings: Settings, tables: Tables) -> dict[str, str]:
+    return {
+        "dimension": str(len(settings.eigenvalues)),
+        "eigenvalues": str(list(settings.eigenvalues)),
+        "lr": f"{settings.lr:g}",
+        "momenta": ", ".join(map(str, settings.momenta)),
+        "runs": str(settings.runs),
+        "horizon": f"{settings.horizon:g}",
+        "stationary_runs": str(settings.stationary_runs),
+        "burn_in": f"{settings.burn_in:g}",
+        "stationary_length": f"{settings.stationary_length:g}",
+        "seeds": str(list(settings.seeds)),
+        "total_runs": str(len(settings.seeds) * settings.runs),
+        "sde_step": f"{settings.sde_step:g}",
+        "escape_table": _escape_table(settings, tables),
+        "spread_table": _spread_table(settings, tables),
+    }
+
+
+REPRODUCTION = Reproduction(
+    name="diffusion",
+    title="Momentum SGD's diffusion limit: faster saddle escape, larger spread at the optimum (Liu et al.)",
+    settings=Settings,
+    measure=measure,
+    claims=CLAIMS,
+    figures=figures,
+    report=report,
+    prose=read_prose(__file__),
+    single_thread=True,  # (runs, d) tensors with d = 10: one thread is faster than a pool
+)

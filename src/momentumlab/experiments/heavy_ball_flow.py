@@ -2,9 +2,10 @@
 
 (a) Toy loss E(w1, w2) = ½(y − w1 w2 x)², x = 1, y = 0.6, start (2.8, 3.4), β = 0.5, horizon T = 1: the
 distance ‖x_K − x̃(T)‖ (K = T/h) between heavy ball and the IGR-M flow, and the plain flow x' = −∇E/(1−β),
-against h on a log–log plot; the fitted slope is the order. (b) The same on a small tanh network.
-(c) Explicit regularizer: heavy ball (h, β) against GD on E + λ_IGR-M‖∇E‖² and plain GD, both at the
-equal effective step h/(1 − β).
+against h on a log–log plot; the fitted slope is the order. (b) The same on a small tanh network
+(:mod:`momentumlab.models.tanh_network` on :mod:`momentumlab.data.tanh_teacher` data). (c) Explicit
+regularizer: heavy ball (h, β) against GD on E + λ_IGR-M‖∇E‖² and plain GD, both at the equal effective
+step h/(1 − β).
 
 Which distance. The claims use the distance at the horizon T, as SPEC §2's numbers do (we reproduce them
 to two digits). The maximum over k ≤ K is reported too: it is O(h) for both flows, because heavy ball
@@ -17,10 +18,8 @@ and shows the O(h²) agreement the theory is about.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import matplotlib
 
@@ -30,60 +29,38 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.ticker import FormatStrFormatter, NullLocator
+from pydantic import Field, model_validator
 from torch import Tensor
 
-from momentumlab import atomic
 from momentumlab.claims import Claim
+from momentumlab.config import StrictModel
 from momentumlab.data.landscapes import scalar_product_loss
-from momentumlab.experiments.base import ReproductionOptions, ReproductionResult, ignored_overrides_note
+from momentumlab.data.tanh_teacher import tanh_teacher_data
+from momentumlab.experiments.reproduction import Reproduction, ReproductionSettings, Seeds, Tables, read_prose
+from momentumlab.models.tanh_network import TanhNetwork
 from momentumlab.probes.curvature import flat_loss_hvp, top_eigenvalues
 from momentumlab.probes.flows import (
     Loss,
-    distance_to_flow,
+    fitted_order,
+    gradient,
     heavy_ball_iterates,
-    igr_m_flow,
     igr_m_strength,
-    integrate_flow,
     momentum_time_lag,
-    plain_flow,
+    order_study,
     regularized_loss,
+    solver_error,
 )
-from momentumlab.report import claims_table, save_figure
+from momentumlab.report import save_figure
 from momentumlab.store import RunStore
-from momentumlab.threads import single_thread
 
-NAME = "heavy-ball-flow"
-TITLE = (
-    "Heavy ball follows its IGR-M modified flow to O(h²) (Ghosh et al., implicit regularization by momentum)"
-)
-DEFAULT_SEEDS = (0,)
-TOY_INPUT, TOY_TARGET, TOY_START = 1.0, 0.6, (2.8, 3.4)  # x, y, (w1, w2) at t = 0
-SPEC_DISTANCES = {  # SPEC §2: h → (distance to the IGR-M flow, to the plain flow) at T = 1, β = 0.5
+SPEC_SETTING = {"beta": 0.5, "toy": {"input": 1.0, "target": 0.6, "start": (2.8, 3.4), "horizon": 1.0}}
+SPEC_DISTANCES = {  # SPEC §2 in SPEC_SETTING: h → (distance to the IGR-M flow, to the plain flow)
     4e-3: (1.0e-2, 7.1e-2),
     2e-3: (2.8e-3, 3.6e-2),
     1e-3: (7.2e-4, 1.8e-2),
 }
 ORDER_TWO, ORDER_ONE = 1.8, 1.2  # thresholds on the fitted slopes
-METHOD_NOTE = (
-    "Heavy ball x_{{k+1}} = x_k − h∇E(x_k) + β(x_k − x_{{k−1}}), x_1 = x_0 − h∇E(x_0), against the plain "
-    "flow x' = −∇E/(1−β) and the IGR-M flow x' = −(1/(1−β))∇[E + (1+β)h/(4(1−β)²)‖∇E‖²], integrated by "
-    "DOP853 (rtol {rtol:g}, atol {atol:g}; at the smallest h, tolerances 100× tighter move x̃(T) by "
-    "{toy:.1e} on the toy and {network:.1e} on the network)."
-)
-DISTANCE_NOTE = (
-    "**Which distance.** The claims use ‖x_K − x̃(T)‖ at the horizon T = Kh, as SPEC §2's numbers do. "
-    "The maximum over k ≤ K is O(h) for both flows: started at x_1 = x_0 − h∇E(x_0), heavy ball trails "
-    "every flow by the time lag τ = hβ/(1−β) while its momentum builds up, so x_k − x̃(kh) ≈ −τ x̃′(kh). "
-    "At the toy's horizon the flow sits in the valley of minima and drifts at speed O(h), so the lag costs "
-    "only O(h²) there; the network's flow still moves at T, the lag term τ‖x̃′(T)‖ dominates, and the "
-    "order at T drops towards 1. Against the IGR-M flow at T − τ the order-2 agreement reappears."
-)
-REGULARIZER_NOTE = (
-    "GD at step η has its own implicit term (η/4)‖∇E‖², so GD on E + λ_IGR-M‖∇E‖² follows "
-    "E + (λ_IGR-M + η/4)‖∇E‖² to first order; the strength matching heavy ball would be λ_IGR-M − η/4 = "
-    "βh/(2(1−β)²), a relative difference of (1−β)/(1+β) ({mismatch:.1%} here). The claim on (c) asks only "
-    "that the explicit regularizer bring GD closer to heavy ball's end point than plain GD gets."
-)
+INPUT_DIM = 2  # the network's inputs u ∈ R²
 COLORS = {
     "IGR-M": "#00798c",
     "plain": "#d1495b",
@@ -92,149 +69,124 @@ COLORS = {
     "GD + λ‖∇E‖²": "#edae49",
     "GD": "#d1495b",
 }
+Beta = Annotated[float, Field(ge=0, lt=1)]
+StepSizes = Annotated[tuple[Annotated[float, Field(gt=0)], ...], Field(min_length=2)]
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every size the reproduction uses; tests pass a smaller one as `run(..., settings=...)`."""
+class ToySettings(StrictModel):
+    """SPEC §2's toy E(w1, w2) = ½(y − w1 w2 x)², heavy ball's start, the step sizes h and the horizon T."""
 
-    beta: float = 0.5
-    toy_step_sizes: tuple[float, ...] = (8e-3, 4e-3, 2e-3, 1e-3, 5e-4)
-    toy_horizon: float = 1.0
-    network_step_sizes: tuple[float, ...] = (8e-3, 4e-3, 2e-3, 1e-3, 5e-4)
-    network_horizon: float = 2.0
-    network_points: int = 64
-    network_width: int = 24
-    teacher_width: int = 4
-    regularizer_step: float = 2e-3  # heavy ball's h; GD runs at h/(1 − β)
-    regularizer_beta: float = 0.9
-    regularizer_steps: int = 4000
-    regularizer_checkpoints: int = 24
-    rtol: float = 1e-11
-    atol: float = 1e-12
+    input: float = Field(1.0, description="x")
+    target: float = Field(0.6, description="y")
+    start: tuple[float, float] = (2.8, 3.4)
+    step_sizes: StepSizes = (8e-3, 4e-3, 2e-3, 1e-3, 5e-4)
+    horizon: float = Field(1.0, gt=0, description="T")
 
 
-@dataclass(frozen=True)
-class TanhNetwork:
-    """f(u) = w2ᵀ tanh(W1ᵀu + b1) + b2 on fixed regression data; parameters flattened as (W1, b1, w2, b2)."""
+class NetworkSettings(StrictModel):
+    """The tanh network, its teacher's data, the step sizes h and the horizon T."""
 
-    inputs: Tensor  # (n, 2)
-    targets: Tensor  # (n,)
-    width: int
-
-    @property
-    def sizes(self) -> list[int]:
-        return [self.inputs.shape[1] * self.width, self.width, self.width, 1]
-
-    @property
-    def dim(self) -> int:
-        return sum(self.sizes)
-
-    def loss(self, theta: Tensor) -> Tensor:
-        """Mean squared error (1/n) Σ (f(u_i) − y_i)²."""
-        first, bias, second, offset = torch.split(theta, self.sizes)
-        hidden = torch.tanh(self.inputs @ first.view(self.inputs.shape[1], self.width) + bias)
-        return (hidden @ second + offset - self.targets).pow(2).mean()
+    points: int = Field(64, ge=1, description="training inputs")
+    width: int = Field(24, ge=1, description="hidden units of the trained network")
+    teacher_width: int = Field(4, ge=1, description="hidden units of the teacher")
+    step_sizes: StepSizes = (8e-3, 4e-3, 2e-3, 1e-3, 5e-4)
+    horizon: float = Field(2.0, gt=0, description="T")
 
 
-def make_network(seed: int, settings: Settings) -> tuple[TanhNetwork, Tensor]:
-    """Gaussian inputs, targets from a random tanh teacher, and a LeCun-scaled initialization θ_0."""
-    generator = torch.Generator().manual_seed(seed)
+class RegularizerSettings(StrictModel):
+    """Heavy ball (h, β) on the network against GD at η = h/(1 − β) with and without λ_IGR-M‖∇E‖²."""
 
-    def normal(*shape: int) -> Tensor:
-        return torch.randn(*shape, generator=generator, dtype=torch.float64)
-
-    inputs = normal(settings.network_points, 2)
-    targets = torch.tanh(inputs @ normal(2, settings.teacher_width)) @ normal(settings.teacher_width)
-    network = TanhNetwork(inputs, targets / math.sqrt(settings.teacher_width), settings.network_width)
-    width = settings.network_width
-    start = torch.cat(
-        [
-            normal(2 * width) / math.sqrt(2),
-            0.5 * normal(width),
-            normal(width) / math.sqrt(width),
-            torch.zeros(1, dtype=torch.float64),
-        ]
-    )
-    return network, start
+    step: float = Field(2e-3, gt=0, description="heavy ball's h; GD runs at h/(1 − β)")
+    beta: Beta = 0.9
+    steps: int = Field(4000, ge=1)
+    checkpoints: int = Field(24, ge=1, description="log-spaced steps at which the runs are measured")
+    sharpness_tolerance: float = Field(1e-8, gt=0, description="relative tolerance of the Lanczos probe")
 
 
-def fitted_order(step_sizes: Sequence[float], distances: Sequence[float]) -> float:
-    """Least-squares slope of log(distance) against log(h)."""
-    return float(np.polyfit(np.log(step_sizes), np.log(distances), 1)[0])
+class Settings(ReproductionSettings):
+    """β of the order studies, the toy, the network, the regularizer study and the ODE tolerances."""
 
+    seeds: Seeds = (0,)  # the network's data and initialization, and its sharpness probe's start
+    beta: Beta = 0.5
+    toy: ToySettings = ToySettings()
+    network: NetworkSettings = NetworkSettings()
+    regularizer: RegularizerSettings = RegularizerSettings()
+    rtol: float = Field(1e-11, gt=0, description="relative tolerance of the flows' ODE solver")
+    atol: float = Field(1e-12, gt=0, description="absolute tolerance of the flows' ODE solver")
 
-def order_study(
-    loss: Loss, start: Tensor, step_sizes: Sequence[float], horizon: float, beta: float, settings: Settings
-) -> pd.DataFrame:
-    """One row per h: heavy ball's distances to the IGR-M and plain flows (at T and max over k ≤ T/h),
-    to the IGR-M flow at T − τ, and the predicted lag term τ‖x̃'(T)‖."""
-    rows = []
-    for h in step_sizes:
-        steps = round(horizon / h)
-        iterates = heavy_ball_iterates(loss, start, h, beta, steps)
-        igr_m, plain = igr_m_flow(loss, h, beta), plain_flow(loss, beta)
-        to_igr_m = distance_to_flow(igr_m, iterates, range(steps + 1), h, settings.rtol, settings.atol)
-        to_plain = distance_to_flow(plain, iterates, range(steps + 1), h, settings.rtol, settings.atol)
-        lag = momentum_time_lag(h, beta)  # τ = hβ/(1 − β)
-        lagged = integrate_flow(igr_m, start, [steps * h - lag], settings.rtol, settings.atol)[0]
-        rows.append(
-            {
-                "h": h,
-                "steps": steps,
-                "igr_m_horizon": to_igr_m.horizon,
-                "plain_horizon": to_plain.horizon,
-                "igr_m_max": to_igr_m.max,
-                "plain_max": to_plain.max,
-                "igr_m_lagged": (iterates[-1] - lagged).norm().item(),  # ‖x_K − x̃(T − τ)‖
-                "lag_term": lag * igr_m(iterates[-1]).norm().item(),  # τ‖x̃'(T)‖, velocity taken at x_K
-            }
+    @classmethod
+    def smoke(cls) -> Settings:
+        """The toy's real setting at two step sizes (so SPEC §2's numbers are checked); the network and
+        the regularizer study shrunk to at most a hundred steps each."""
+        return cls(
+            toy=ToySettings(step_sizes=(4e-3, 2e-3)),
+            network=NetworkSettings(points=16, width=4, step_sizes=(4e-3, 2e-3), horizon=0.2),
+            regularizer=RegularizerSettings(steps=60, checkpoints=4),
         )
-    return pd.DataFrame(rows)
+
+    @model_validator(mode="after")
+    def _step_sizes_fit_horizon(self) -> Settings:
+        for name, problem in (("toy", self.toy), ("network", self.network)):
+            if len(set(problem.step_sizes)) < len(problem.step_sizes):
+                raise ValueError(
+                    f"{name}.step_sizes = {list(problem.step_sizes)}: allowed are distinct values"
+                )
+            for h in problem.step_sizes:
+                if round(problem.horizon / h) * h <= momentum_time_lag(h, self.beta):
+                    raise ValueError(
+                        f"{name}.step_sizes contains h = {h}: with horizon {problem.horizon} and "
+                        f"β = {self.beta}, K = round(T/h) steps must span more than the lag τ = hβ/(1 − β); "
+                        "allowed: smaller h"
+                    )
+        return self
 
 
-def solver_error(
-    loss: Loss, start: Tensor, h: float, horizon: float, beta: float, settings: Settings
-) -> float:
-    """‖x̃(T) − x̃_tight(T)‖ for the IGR-M flow, tolerances 100× tighter: the solver's share of a distance."""
-    field = igr_m_flow(loss, h, beta)
-    default = integrate_flow(field, start, [horizon], settings.rtol, settings.atol)
-    tight = integrate_flow(field, start, [horizon], settings.rtol / 100, settings.atol / 100)
-    return (default - tight).norm().item()
+def _toy_problem(settings: Settings) -> tuple[Loss, Tensor]:
+    toy = settings.toy
+    return scalar_product_loss(toy.input, toy.target), torch.tensor(toy.start, dtype=torch.float64)
 
 
-def sharpness(loss: Loss, point: Tensor, seed: int) -> tuple[float, int]:
+def _network_problem(settings: Settings, seed: int) -> tuple[Loss, Tensor]:
+    """The network's loss on its teacher's data and θ_0, both drawn from one generator seeded by `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    data = tanh_teacher_data(settings.network.points, settings.network.teacher_width, generator, INPUT_DIM)
+    network = TanhNetwork(INPUT_DIM, settings.network.width)
+    return network.mse_loss(data.inputs, data.targets), network.initial_parameters(generator)
+
+
+def _sharpness(loss: Loss, point: Tensor, seed: int, tolerance: float) -> tuple[float, int]:
     """(top Hessian eigenvalue of E at `point`, Hessian-vector products used), by Lanczos."""
     generator = torch.Generator().manual_seed(seed)
-    result = top_eigenvalues(flat_loss_hvp(loss, point), point.numel(), k=1, tol=1e-8, generator=generator)
+    result = top_eigenvalues(
+        flat_loss_hvp(loss, point), point.numel(), k=1, tol=tolerance, generator=generator
+    )
     return result.eigenvalues[0].item(), result.hvp_count
 
 
-def regularizer_study(network: TanhNetwork, start: Tensor, seed: int, settings: Settings) -> pd.DataFrame:
+def _regularizer_study(loss: Loss, start: Tensor, seed: int, settings: Settings) -> pd.DataFrame:
     """Heavy ball (h, β), GD on E + λ_IGR-M‖∇E‖² and GD, both GDs at η = h/(1 − β), at log-spaced steps."""
-    h, beta, steps = settings.regularizer_step, settings.regularizer_beta, settings.regularizer_steps
+    h, beta, steps = settings.regularizer.step, settings.regularizer.beta, settings.regularizer.steps
     effective = h / (1 - beta)  # η
     strength = igr_m_strength(h, beta)  # λ = (1 + β)h/(4(1 − β)²)
-    record = sorted({0, steps, *(int(k) for k in np.geomspace(1, steps, settings.regularizer_checkpoints))})
+    record = sorted({0, steps, *(int(k) for k in np.geomspace(1, steps, settings.regularizer.checkpoints))})
     runs = {
-        "GD+M": heavy_ball_iterates(network.loss, start, h, beta, steps, record),
+        "GD+M": heavy_ball_iterates(loss, start, h, beta, steps, record),
         "GD + λ‖∇E‖²": heavy_ball_iterates(
-            regularized_loss(network.loss, strength), start, effective, 0.0, steps, record
+            regularized_loss(loss, strength), start, effective, 0.0, steps, record
         ),
-        "GD": heavy_ball_iterates(network.loss, start, effective, 0.0, steps, record),
+        "GD": heavy_ball_iterates(loss, start, effective, 0.0, steps, record),
     }
     rows = []
     for method, iterates in runs.items():
         for step, point in zip(record, iterates):
-            gradient = torch.func.grad(network.loss)(point)
-            top, hvp_count = sharpness(network.loss, point, seed)
+            top, hvp_count = _sharpness(loss, point, seed, settings.regularizer.sharpness_tolerance)
             rows.append(
                 {
                     "method": method,
                     "seed": seed,
                     "step": step,
-                    "loss": network.loss(point).item(),
-                    "gradient_norm": gradient.norm().item(),
+                    "loss": loss(point).item(),
+                    "gradient_norm": gradient(loss, point).norm().item(),
                     "sharpness": top,
                     "sharpness_hvps": hvp_count,
                     "distance_to_gdm": (point - runs["GD+M"][record.index(step)]).norm().item(),
@@ -243,72 +195,167 @@ def regularizer_study(network: TanhNetwork, start: Tensor, seed: int, settings: 
     return pd.DataFrame(rows)
 
 
-def _claims(toy: pd.DataFrame, networks: dict[int, pd.DataFrame], regularizer: pd.DataFrame) -> list[Claim]:
-    def order(frame: pd.DataFrame, column: str) -> float:
-        return fitted_order(frame["h"], frame[column])
+def measure(settings: Settings, store: RunStore) -> Tables:
+    """The order studies of the toy and of the network for every seed, the regularizer study for every
+    seed, and the ODE solver's error at the smallest step sizes (first seed)."""
+    beta, tolerances = settings.beta, (settings.rtol, settings.atol)
+    toy_loss, toy_start = _toy_problem(settings)
+    toy = settings.toy
+    toy_distances = pd.DataFrame(
+        order_study(toy_loss, toy_start, toy.step_sizes, toy.horizon, beta, *tolerances)
+    )
+    network = settings.network
+    network_distances, regularizer = [], []
+    for seed in settings.seeds:
+        loss, start = _network_problem(settings, seed)
+        distances = pd.DataFrame(
+            order_study(loss, start, network.step_sizes, network.horizon, beta, *tolerances)
+        )
+        distances.insert(0, "seed", seed)
+        network_distances.append(distances)
+        regularizer.append(_regularizer_study(loss, start, seed, settings))
+    loss, start = _network_problem(settings, settings.seeds[0])
+    solver = [
+        ("toy", toy_loss, toy_start, min(toy.step_sizes), toy.horizon),
+        ("network", loss, start, min(network.step_sizes), network.horizon),
+    ]
+    return {
+        "toy_distances": toy_distances,
+        "network_distances": pd.concat(network_distances, ignore_index=True),
+        "regularizer": pd.concat(regularizer, ignore_index=True),
+        "solver_error": pd.DataFrame(
+            [
+                {"problem": name, "h": h, "error": solver_error(f, x0, h, horizon, beta, *tolerances)}
+                for name, f, x0, h, horizon in solver
+            ]
+        ),
+    }
 
+
+def _order(frame: pd.DataFrame, column: str) -> float:
+    return fitted_order(frame["h"], frame[column])
+
+
+def _network_orders(tables: Tables, column: str) -> dict[int, float]:
+    """The fitted order of a distance column for every seed."""
+    return {int(seed): _order(frame, column) for seed, frame in tables["network_distances"].groupby("seed")}
+
+
+def toy_igr_m_order_2(settings: Settings, tables: Tables) -> Claim:
+    """On the toy, heavy ball is O(h²)-close to the IGR-M flow at the horizon.
+
+    References: Ghosh et al. (ICLR 2023), IGR-M (SPEC §2) — heavy ball is O(h²)-close on a fixed horizon
+    to x' = −(1/(1−β))∇[E + (1+β)h/(4(1−β)²)‖∇E‖²]; SPEC §2's toy distances 1.0e-2, 2.8e-3, 7.2e-4."""
+    return Claim(
+        "toy-igr-m-order-2",
+        f"toy: heavy ball's distance at T to the IGR-M flow has order ≥ {ORDER_TWO} in h (fitted log–log slope)",
+        _order(tables["toy_distances"], "igr_m_horizon"),
+        ORDER_TWO,
+        ">=",
+    )
+
+
+def toy_plain_order_1(settings: Settings, tables: Tables) -> Claim:
+    """On the toy, heavy ball is only O(h)-close to the plain flow.
+
+    References: Ghosh et al. (ICLR 2023), SPEC §2 (after Kovachki & Stuart) — heavy ball is O(h)-close
+    to x' = −∇E/(1−β); SPEC §2's toy distances 7.1e-2, 3.6e-2, 1.8e-2."""
+    return Claim(
+        "toy-plain-order-1",
+        f"toy: distance at T to the plain flow −∇E/(1−β) has order ≤ {ORDER_ONE}",
+        _order(tables["toy_distances"], "plain_horizon"),
+        ORDER_ONE,
+        "<=",
+    )
+
+
+def network_igr_m_order_2(settings: Settings, tables: Tables) -> Claim:
+    """On the network, heavy ball is O(h²)-close to the IGR-M flow at the horizon.
+
+    References: Ghosh et al. (ICLR 2023), IGR-M (SPEC §2) — O(h²)-closeness on a fixed horizon, for any
+    smooth loss."""
+    orders = _network_orders(tables, "igr_m_horizon")
+    return Claim(
+        "network-igr-m-order-2",
+        f"network: distance at T to the IGR-M flow has order ≥ {ORDER_TWO} (worst seed)",
+        min(orders.values()),
+        ORDER_TWO,
+        ">=",
+        {"per_seed": orders},
+    )
+
+
+def network_plain_order_1(settings: Settings, tables: Tables) -> Claim:
+    """On the network, heavy ball is only O(h)-close to the plain flow.
+
+    References: Ghosh et al. (ICLR 2023), SPEC §2 — heavy ball is O(h)-close to x' = −∇E/(1−β)."""
+    orders = _network_orders(tables, "plain_horizon")
+    return Claim(
+        "network-plain-order-1",
+        f"network: distance at T to the plain flow has order ≤ {ORDER_ONE} (worst seed)",
+        max(orders.values()),
+        ORDER_ONE,
+        "<=",
+        {"per_seed": orders},
+    )
+
+
+def network_igr_m_lagged_order_2(settings: Settings, tables: Tables) -> Claim:
+    """On the network, heavy ball is O(h²)-close to the IGR-M flow once its start-up lag is removed.
+
+    References: Ghosh et al. (ICLR 2023), IGR-M (SPEC §2), with heavy ball's start-up lag τ = hβ/(1−β)
+    (momentumlab.probes.flows) — the distance to the IGR-M flow at T − τ is O(h²)."""
+    orders = _network_orders(tables, "igr_m_lagged")
+    return Claim(
+        "network-igr-m-lagged-order-2",
+        f"network: distance to the IGR-M flow at T − τ, τ = hβ/(1−β), has order ≥ {ORDER_TWO} (worst seed)",
+        min(orders.values()),
+        ORDER_TWO,
+        ">=",
+        {"per_seed": orders},
+    )
+
+
+def regularizer_closer_to_gdm(settings: Settings, tables: Tables) -> Claim:
+    """GD with the explicit IGR-M regularizer ends closer to heavy ball than plain GD.
+
+    References: Ghosh et al. (ICLR 2023), IGR-M (SPEC §2) — heavy ball implicitly minimizes
+    E + (1+β)h/(4(1−β)²)‖∇E‖², so adding that term to GD at the effective step h/(1−β) imitates it."""
+    regularizer = tables["regularizer"]
     final = regularizer[regularizer["step"] == regularizer["step"].max()].set_index(["seed", "method"])
     ratios = {
-        seed: float(
+        int(seed): float(
             final.loc[(seed, "GD + λ‖∇E‖²"), "distance_to_gdm"] / final.loc[(seed, "GD"), "distance_to_gdm"]
         )
-        for seed in networks
+        for seed in settings.seeds
     }
-    network_orders = {
-        column: {seed: order(frame, column) for seed, frame in networks.items()}
-        for column in ("igr_m_horizon", "plain_horizon", "igr_m_lagged")
-    }
-    return [
-        Claim(
-            "toy-igr-m-order-2",
-            f"toy: heavy ball's distance at T to the IGR-M flow has order ≥ {ORDER_TWO} "
-            "in h (fitted log–log slope)",
-            order(toy, "igr_m_horizon"),
-            ORDER_TWO,
-            ">=",
-        ),
-        Claim(
-            "toy-plain-order-1",
-            f"toy: distance at T to the plain flow −∇E/(1−β) has order ≤ {ORDER_ONE}",
-            order(toy, "plain_horizon"),
-            ORDER_ONE,
-            "<=",
-        ),
-        Claim(
-            "network-igr-m-order-2",
-            f"network: distance at T to the IGR-M flow has order ≥ {ORDER_TWO} (worst seed)",
-            min(network_orders["igr_m_horizon"].values()),
-            ORDER_TWO,
-            ">=",
-            {"per_seed": network_orders["igr_m_horizon"]},
-        ),
-        Claim(
-            "network-plain-order-1",
-            f"network: distance at T to the plain flow has order ≤ {ORDER_ONE} (worst seed)",
-            max(network_orders["plain_horizon"].values()),
-            ORDER_ONE,
-            "<=",
-            {"per_seed": network_orders["plain_horizon"]},
-        ),
-        Claim(
-            "network-igr-m-lagged-order-2",
-            f"network: distance to the IGR-M flow at T − τ, τ = hβ/(1−β), "
-            f"has order ≥ {ORDER_TWO} (worst seed)",
-            min(network_orders["igr_m_lagged"].values()),
-            ORDER_TWO,
-            ">=",
-            {"per_seed": network_orders["igr_m_lagged"]},
-        ),
-        Claim(
-            "regularizer-closer-to-gdm",
-            "network: GD on E + λ_IGR-M‖∇E‖² ends closer to heavy ball than plain GD "
-            "at the same effective step (distance ratio < 1, worst seed)",
-            max(ratios.values()),
-            1.0,
-            "<",
-            {"per_seed": ratios},
-        ),
-    ]
+    return Claim(
+        "regularizer-closer-to-gdm",
+        "network: GD on E + λ_IGR-M‖∇E‖² ends closer to heavy ball than plain GD "
+        "at the same effective step (distance ratio < 1, worst seed)",
+        max(ratios.values()),
+        1.0,
+        "<",
+        {"per_seed": ratios},
+    )
+
+
+CLAIMS = (
+    toy_igr_m_order_2,
+    toy_plain_order_1,
+    network_igr_m_order_2,
+    network_plain_order_1,
+    network_igr_m_lagged_order_2,
+    regularizer_closer_to_gdm,
+)
+
+
+def _matches_spec(settings: Settings) -> bool:
+    """Whether the toy study is in SPEC §2's setting, so that SPEC's distances can be shown beside ours."""
+    toy = SPEC_SETTING["toy"]
+    return settings.beta == SPEC_SETTING["beta"] and all(
+        getattr(settings.toy, k) == v for k, v in toy.items()
+    )
 
 
 SERIES = {  # column → (label, color, marker, line style)
@@ -321,24 +368,20 @@ SERIES = {  # column → (label, color, marker, line style)
 }
 
 
-def _plot_orders(
-    toy: pd.DataFrame, networks: dict[int, pd.DataFrame], settings: Settings, path: Path
-) -> Path:
+def _plot_orders(settings: Settings, tables: Tables, path: Path) -> Path:
     """Log–log distance against h, each series with its least-squares slope, one panel per problem (the
-    toy first, with SPEC §2's values)."""
-    panels = [(f"toy E = ½(y − w1 w2 x)², T = {settings.toy_horizon:g}", toy)] + [
-        (f"tanh network (MSE), seed {seed}, T = {settings.network_horizon:g}", frame)
-        for seed, frame in networks.items()
+    toy first, with SPEC §2's values where the setting is SPEC's)."""
+    panels = [(f"toy E = ½(y − w1 w2 x)², T = {settings.toy.horizon:g}", tables["toy_distances"])] + [
+        (f"tanh network (MSE), seed {seed}, T = {settings.network.horizon:g}", frame)
+        for seed, frame in tables["network_distances"].groupby("seed", sort=False)
     ]
     rows = -(-len(panels) // 2)
     figure, axes = plt.subplots(rows, 2, figsize=(12, 6.6 * rows), squeeze=False)
-    spec = sorted(SPEC_DISTANCES.items())
-    axes[0, 0].loglog(
-        [h for h, _ in spec], [d[0] for _, d in spec], "kx", markersize=10, label="SPEC §2, IGR-M"
-    )
-    axes[0, 0].loglog(
-        [h for h, _ in spec], [d[1] for _, d in spec], "k+", markersize=12, label="SPEC §2, plain"
-    )
+    if _matches_spec(settings):
+        spec = sorted(SPEC_DISTANCES.items())
+        steps = [h for h, _ in spec]
+        axes[0, 0].loglog(steps, [d[0] for _, d in spec], "kx", markersize=10, label="SPEC §2, IGR-M")
+        axes[0, 0].loglog(steps, [d[1] for _, d in spec], "k+", markersize=12, label="SPEC §2, plain")
     for axis, (title, frame) in zip(axes.flat, panels):
         for column, (label, color, marker, style) in SERIES.items():
             axis.loglog(
@@ -348,7 +391,7 @@ def _plot_orders(
                 linestyle=style,
                 color=color,
                 markerfacecolor="none" if style == ":" else color,
-                label=f"{label}: slope {fitted_order(frame['h'], frame[column]):.2f}",
+                label=f"{label}: slope {_order(frame, column):.2f}",
             )
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("step size h")
@@ -361,12 +404,15 @@ def _plot_orders(
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
     figure.suptitle(f"Heavy ball (β = {settings.beta}) against its modified flows: distance vs step size h")
-    save_figure(figure, path)
-    return path
+    return save_figure(figure, path)
 
 
-def _plot_regularizer(frame: pd.DataFrame, title: str, path: Path) -> Path:
-    """Loss, gradient norm, sharpness and distance to heavy ball against step for the three optimizers."""
+def _plot_regularizer(settings: Settings, tables: Tables, path: Path) -> Path:
+    """Loss, gradient norm, sharpness and distance to heavy ball against step for the three optimizers,
+    on the first seed's network."""
+    seed, regularizer = settings.seeds[0], settings.regularizer
+    frame = tables["regularizer"][tables["regularizer"]["seed"] == seed]
+    h, beta = regularizer.step, regularizer.beta
     figure, axes = plt.subplots(1, 4, figsize=(16, 3.9))
     panels = [
         ("loss", "training loss E", "log"),
@@ -387,9 +433,19 @@ def _plot_regularizer(frame: pd.DataFrame, title: str, path: Path) -> Path:
         axis.set_yscale(scale)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle(title)
-    save_figure(figure, path)
-    return path
+    figure.suptitle(
+        f"Network, seed {seed}: heavy ball (h = {h:g}, β = {beta}) vs GD at η = h/(1−β) = "
+        f"{h / (1 - beta):g}, with and without λ_IGR-M = {igr_m_strength(h, beta):.3g}"
+    )
+    return save_figure(figure, path)
+
+
+def figures(settings: Settings, tables: Tables, out_dir: Path) -> list[Path]:
+    """Distance against step size for every problem, and the regularizer study of the first seed."""
+    return [
+        _plot_orders(settings, tables, out_dir / "distance_vs_step.png"),
+        _plot_regularizer(settings, tables, out_dir / "regularizer.png"),
+    ]
 
 
 def _order_table(frame: pd.DataFrame, spec: bool) -> str:
@@ -425,10 +481,8 @@ def _order_table(frame: pd.DataFrame, spec: bool) -> str:
             f"{row.lag_term:.2e}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    slopes = [
-        fitted_order(frame["h"], frame[column])
-        for column in ("igr_m_horizon", "plain_horizon", "igr_m_max", "plain_max", "igr_m_lagged", "lag_term")
-    ]
+    columns = ("igr_m_horizon", "plain_horizon", "igr_m_max", "plain_max", "igr_m_lagged", "lag_term")
+    slopes = [_order(frame, column) for column in columns]
     cells = [
         "fitted slope",
         "",
@@ -440,6 +494,17 @@ def _order_table(frame: pd.DataFrame, spec: bool) -> str:
     ]
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _network_tables(settings: Settings, tables: Tables) -> str:
+    """One heading and order table per seed."""
+    network = settings.network
+    parameters = TanhNetwork(INPUT_DIM, network.width).dim
+    return "\n\n".join(
+        f"### (b) Tanh network, seed {seed}: {network.points} points, width {network.width} ({parameters} "
+        f"parameters), β = {settings.beta}, T = {network.horizon}\n\n" + _order_table(frame, spec=False)
+        for seed, frame in tables["network_distances"].groupby("seed", sort=False)
+    )
 
 
 def _regularizer_table(frame: pd.DataFrame) -> str:
@@ -456,92 +521,41 @@ def _regularizer_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _compute(
-    seeds: Sequence[int], settings: Settings
-) -> tuple[pd.DataFrame, dict[int, pd.DataFrame], pd.DataFrame, dict[str, float]]:
-    """(toy order study, network order study per seed, regularizer study, solver error estimates)."""
-    beta = settings.beta
-    toy_loss = scalar_product_loss(TOY_INPUT, TOY_TARGET)  # E(w1, w2) = ½(y − w1 w2 x)²
-    toy_start = torch.tensor(TOY_START, dtype=torch.float64)
-    toy = order_study(toy_loss, toy_start, settings.toy_step_sizes, settings.toy_horizon, beta, settings)
-    networks, regularizer = {}, []
-    for seed in seeds:
-        network, start = make_network(seed, settings)
-        networks[seed] = order_study(
-            network.loss, start, settings.network_step_sizes, settings.network_horizon, beta, settings
-        )
-        regularizer.append(regularizer_study(network, start, seed, settings))
-    network, start = make_network(seeds[0], settings)
-    solver = {
-        "toy": solver_error(
-            toy_loss, toy_start, min(settings.toy_step_sizes), settings.toy_horizon, beta, settings
+def report(settings: Settings, tables: Tables) -> dict[str, str]:
+    """The prose's values: tolerances, solver errors, the order tables and the regularizer table."""
+    toy, regularizer = settings.toy, settings.regularizer
+    h, beta = regularizer.step, regularizer.beta
+    solver = tables["solver_error"].set_index("problem")["error"]
+    return {
+        "rtol": f"{settings.rtol:g}",
+        "atol": f"{settings.atol:g}",
+        "toy_solver_error": f"{solver['toy']:.1e}",
+        "network_solver_error": f"{solver['network']:.1e}",
+        "toy_setting": (
+            f"x = {toy.input}, y = {toy.target}, start {toy.start}, β = {settings.beta}, T = {toy.horizon}"
         ),
-        "network": solver_error(
-            network.loss, start, min(settings.network_step_sizes), settings.network_horizon, beta, settings
+        "toy_table": _order_table(tables["toy_distances"], spec=_matches_spec(settings)),
+        "network_tables": _network_tables(settings, tables),
+        "regularizer_setting": (
+            f"heavy ball h = {h:g}, β = {beta} against GD at η = h/(1−β) = {h / (1 - beta):g}, with and "
+            f"without λ_IGR-M = (1+β)h/(4(1−β)²) = {igr_m_strength(h, beta):.4g}, after {regularizer.steps} steps"
         ),
+        "regularizer_table": _regularizer_table(tables["regularizer"]),
+        "mismatch": f"{(1 - beta) / (1 + beta):.1%}",
     }
-    return toy, networks, pd.concat(regularizer, ignore_index=True), solver
 
 
-def run(
-    store: RunStore, out_dir: Path, options: ReproductionOptions, settings: Settings = Settings()
-) -> ReproductionResult:
-    """Compute the three studies (seconds; `store` is unused), then write figures, claims.json, tables and
-    the report section. `options.seeds` draw the network's data and initialization."""
-    seeds = options.seeds or DEFAULT_SEEDS
-    with single_thread():
-        toy, networks, regularizer, solver = _compute(seeds, settings)
-    claims = _claims(toy, networks, regularizer)
-    network_dim = make_network(seeds[0], settings)[0].dim
-    h, beta_r = settings.regularizer_step, settings.regularizer_beta
-    regularizer_title = (
-        f"Network, seed {seeds[0]}: heavy ball (h = {h:g}, β = {beta_r}) vs GD at η = h/(1−β) = "
-        f"{h / (1 - beta_r):g}, with and without λ_IGR-M = {igr_m_strength(h, beta_r):.3g}"
-    )
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures = [
-        _plot_orders(toy, networks, settings, out_dir / "distance_vs_step.png"),
-        _plot_regularizer(
-            regularizer[regularizer["seed"] == seeds[0]], regularizer_title, out_dir / "regularizer.png"
-        ),
-    ]
-    atomic.write_json(out_dir / "claims.json", [claim.to_json() for claim in claims])
-    orders = pd.concat(
-        {"toy": toy, **{f"network seed {seed}": frame for seed, frame in networks.items()}}, names=["problem"]
-    )
-    atomic.write_text(out_dir / "distances.csv", orders.to_csv())
-    atomic.write_text(out_dir / "regularizer.csv", regularizer.to_csv(index=False))
-
-    command = f"momentumlab reproduce {NAME} --seeds {','.join(map(str, seeds))}"
-    ignored = ignored_overrides_note(options)
-    network_headings = {
-        seed: f"### (b) Tanh network, seed {seed}: {settings.network_points} points, width "
-        f"{settings.network_width} ({network_dim} parameters), β = {settings.beta}, "
-        f"T = {settings.network_horizon}"
-        for seed in networks
-    }
-    section = "\n\n".join(
-        [
-            f"## {TITLE}\n\nCommand: `{command}`.{ignored}",
-            METHOD_NOTE.format(rtol=settings.rtol, atol=settings.atol, **solver),
-            DISTANCE_NOTE,
-            "### Claims\n\n" + claims_table(claims),
-            f"### (a) Toy loss: x = {TOY_INPUT}, y = {TOY_TARGET}, start {TOY_START}, β = {settings.beta}, "
-            f"T = {settings.toy_horizon}\n\n" + _order_table(toy, spec=True),
-            *(
-                f"{network_headings[seed]}\n\n" + _order_table(frame, False)
-                for seed, frame in networks.items()
-            ),
-            f"![distance vs step]({NAME}/distance_vs_step.png)",
-            f"### (c) Explicit regularizer on the network: heavy ball h = {h:g}, β = {beta_r} against GD at "
-            f"η = h/(1−β) = {h / (1 - beta_r):g}, with and without λ_IGR-M = (1+β)h/(4(1−β)²) = "
-            f"{igr_m_strength(h, beta_r):.4g}, after {settings.regularizer_steps} steps\n\n"
-            + _regularizer_table(regularizer)
-            + "\n\n"
-            + REGULARIZER_NOTE.format(mismatch=(1 - beta_r) / (1 + beta_r)),
-            f"![regularizer]({NAME}/regularizer.png)",
-            "Tables as CSV: `distances.csv`, `regularizer.csv`.",
-        ]
-    )
-    return ReproductionResult(NAME, TITLE, claims, section, figures)
+REPRODUCTION = Reproduction(
+    name="heavy-ball-flow",
+    title=(
+        "Heavy ball follows its IGR-M modified flow to O(h²) "
+        "(Ghosh et al., implicit regularization by momentum)"
+    ),
+    settings=Settings,
+    measure=measure,
+    claims=CLAIMS,
+    figures=figures,
+    report=report,
+    prose=read_prose(__file__),
+    single_thread=True,
+)

@@ -4,7 +4,8 @@ Ghosh et al. (SPEC §2): with i.i.d. gradient noise of covariance Σ, the EMA mo
 g ← βg + (1−β)ĝ has covariance (1−β)/(1+β)·Σ. The buffer also carries the deterministic gradient Ax,
 which moves with the iterates, so we say exactly what is measured. On a noisy quadratic
 E(x) = ½ xᵀAx with stochastic gradients ĝ = Ax + ξ, ξ ~ N(0, Σ), many independent chains run in one
-batched computation, and at every recorded step each buffer is centred by its mean across chains:
+batched computation (:func:`momentumlab.probes.buffer_noise.simulate_buffers`), and at every recorded
+step each buffer is centred by its mean across chains:
 
 - *buffer at a fixed point* (η = 0, x = x0 ≠ 0 for ever): the paper's quantity, the covariance over
   noise draws of the history-weighted gradient at one point; Ax0 is a constant and drops out.
@@ -21,168 +22,199 @@ comes from the spread of the per-chain time averages, the chains being independe
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import torch
-from torch import Tensor
+from pydantic import Field, model_validator
 
-from momentumlab import atomic
 from momentumlab.claims import Claim
 from momentumlab.data.landscapes import NoisyQuadratic
-from momentumlab.experiments.base import ReproductionOptions, ReproductionResult
-from momentumlab.report import claims_table, save_figure
+from momentumlab.experiments.reproduction import Reproduction, ReproductionSettings, Seeds, Tables, read_prose
+from momentumlab.probes.buffer_noise import BufferStatistics, ema_variance_ratio, simulate_buffers
+from momentumlab.report import markdown_table, save_figure
 from momentumlab.store import RunStore
-from momentumlab.threads import single_thread
 
-NAME = "momentum-variance"
-TITLE = "The momentum buffer's noise covariance is (1−β)/(1+β) times the gradient noise's (Ghosh et al.)"
-BETAS = (0.5, 0.9, 0.99)
-DIM = 10
-PROBLEM_SEED = 0  # fixes the noise covariance's eigenbasis; options.seeds drive the noise draws
-DEFAULT_SEEDS = (0,)
-CHAINS = 1000  # per seed
-BURN_IN = 1000  # 10/(1 − β) for β = 0.99: the zero-start bias of the variance is β^(2·1000) ≈ 2e-9
-STEPS = 2000  # recorded steps per chain after burn-in, 20/(1 − β) for β = 0.99
-LEARNING_RATE = 0.01  # η of the EMA momentum run; A's spectrum [0.5, 2] makes it relax in ~200 steps
 TOLERANCE = 0.10
-FIXED_POINT = "buffer at a fixed point (η = 0)"
-NOISE_PART = f"noise part along the trajectory (η = {LEARNING_RATE})"
-FULL_BUFFER = f"full buffer along the trajectory (η = {LEARNING_RATE})"
+FIXED_POINT, NOISE_PART, FULL_BUFFER = "fixed_point", "noise_part", "full_buffer"  # the measured buffers
 STYLES = {FIXED_POINT: ("#00798c", "o"), NOISE_PART: ("#30638e", "s"), FULL_BUFFER: ("#d1495b", "^")}
+Beta = Annotated[float, Field(ge=0, lt=1)]
+Positive = Annotated[float, Field(gt=0)]
 
 
-def noisy_problem(dim: int = DIM) -> NoisyQuadratic:
-    """A diagonal, entries log-spaced in [0.5, 2]; Σ: eigenvalues log-spaced in [0.1, 10], random basis."""
-    generator = torch.Generator().manual_seed(PROBLEM_SEED)
+class Settings(ReproductionSettings):
+    """The noisy quadratic, the β's, how many chains run how long, and η of the moving run."""
+
+    seeds: Seeds = (0,)  # the noise draws
+    dim: int = Field(10, ge=1, description="d")
+    problem_seed: int = Field(0, ge=0, description="draws the eigenbasis of the noise covariance Σ")
+    curvatures: tuple[Positive, Positive] = Field(
+        (0.5, 2.0), description="A is diagonal, entries log-spaced between these"
+    )
+    noise_variances: tuple[Positive, Positive] = Field(
+        (0.1, 10.0), description="Σ's eigenvalues, log-spaced between these"
+    )
+    betas: tuple[Beta, ...] = Field((0.5, 0.9, 0.99), min_length=1)
+    chains: int = Field(1000, ge=2, description="independent chains per seed and β")
+    # 10/(1 − β) for β = 0.99: the zero-start bias of the variance is β^(2·1000) ≈ 2e-9
+    burn_in: int = Field(1000, ge=0, description="steps before recording")
+    steps: int = Field(2000, ge=1, description="recorded steps per chain, 20/(1 − β) for β = 0.99")
+    # A's spectrum [0.5, 2] makes the run relax in ~200 steps
+    learning_rate: float = Field(0.01, gt=0, description="η of the EMA momentum run along the trajectory")
+
+    @classmethod
+    def smoke(cls) -> Settings:
+        return cls(chains=40, burn_in=300, steps=200)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Settings:
+        for field in ("curvatures", "noise_variances"):
+            low, high = getattr(self, field)
+            if low > high:
+                raise ValueError(f"{field} = {[low, high]}: allowed are ranges [low, high] with low ≤ high")
+        if any(a >= b for a, b in itertools.pairwise(self.betas)):
+            raise ValueError(f"betas = {list(self.betas)}: allowed are strictly increasing values in [0, 1)")
+        return self
+
+
+def noisy_problem(settings: Settings) -> NoisyQuadratic:
+    """A diagonal with log-spaced entries; Σ with log-spaced eigenvalues in a random orthonormal basis."""
+    generator = torch.Generator().manual_seed(settings.problem_seed)
+    dim = settings.dim
     basis, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
-    curvatures = torch.logspace(math.log10(0.5), math.log10(2.0), dim, dtype=torch.float64)
-    noise_variances = torch.logspace(-1, 1, dim, dtype=torch.float64)
+    curvatures = torch.logspace(*map(math.log10, settings.curvatures), dim, dtype=torch.float64)
+    noise_variances = torch.logspace(*map(math.log10, settings.noise_variances), dim, dtype=torch.float64)
     return NoisyQuadratic.from_spectra(curvatures, noise_variances, basis)
 
 
-def predicted_ratio(beta: float) -> float:
-    """(1−β)/(1+β): stationary variance of the EMA (1−β)Σ_r β^{k−r} ξ_r of unit-variance i.i.d. ξ."""
-    return (1 - beta) / (1 + beta)
+def measure(settings: Settings, store: RunStore) -> Tables:
+    """For every seed, the chains at a fixed point and along the trajectory; the pooled covariance ratios
+    and whitened eigenvalues of the three buffers."""
+    problem = noisy_problem(settings)
+    start = torch.ones(problem.dim, dtype=torch.float64)  # x0, where ∇E(x0) = Ax0 ≠ 0
+    parts: dict[str, list[BufferStatistics]] = {FIXED_POINT: [], NOISE_PART: [], FULL_BUFFER: []}
+    sizes = (settings.chains, settings.burn_in, settings.steps)
+    for seed in settings.seeds:
+        generator = torch.Generator().manual_seed(seed)  # both runs draw from it in turn: independent noise
+        fixed = simulate_buffers(problem, settings.betas, 0.0, start, *sizes, generator)
+        moving = simulate_buffers(problem, settings.betas, settings.learning_rate, start, *sizes, generator)
+        parts[FIXED_POINT].append(fixed["buffer"])
+        parts[NOISE_PART].append(moving["noise part"])
+        parts[FULL_BUFFER].append(moving["buffer"])
+    ratios, eigenvalues = [], []
+    for key, group in parts.items():
+        statistics = BufferStatistics.pool(group)
+        for i, beta in enumerate(settings.betas):
+            ratios.append(
+                {
+                    "buffer": key,
+                    "beta": beta,
+                    "predicted": ema_variance_ratio(beta),
+                    "ratio": float(statistics.ratio[i]),
+                    "standard_error": float(statistics.standard_error[i]),
+                }
+            )
+            eigenvalues += [
+                {"buffer": key, "beta": beta, "index": j, "eigenvalue": value}
+                for j, value in enumerate(statistics.whitened_eigenvalues[i].tolist())
+            ]
+    return {"ratios": pd.DataFrame(ratios), "whitened_eigenvalues": pd.DataFrame(eigenvalues)}
 
 
-@dataclass(frozen=True)
-class BufferStatistics:
-    """Whitened second moments of one buffer, centred across chains at every recorded step."""
-
-    per_chain: Tensor  # (B, chains): each chain's time average of vᵀΣ⁻¹v/d, v = buffer − mean over chains
-    whitened_covariance: Tensor  # (B, d, d): L⁻¹CL⁻ᵀ (LLᵀ = Σ), pooled over chains and steps
-
-    @staticmethod
-    def pool(parts: list[BufferStatistics]) -> BufferStatistics:
-        """Statistics of independent batches of equally many chains taken together."""
-        return BufferStatistics(
-            torch.cat([part.per_chain for part in parts], 1),
-            torch.stack([part.whitened_covariance for part in parts]).mean(0),
-        )
-
-    @property
-    def ratio(self) -> Tensor:
-        """tr(Σ⁻¹C)/d for each β."""
-        return self.per_chain.mean(1)
-
-    @property
-    def standard_error(self) -> Tensor:
-        """Standard error of the ratio: spread of the independent chains' time averages over √chains."""
-        return self.per_chain.std(1) / math.sqrt(self.per_chain.shape[1])
-
-    @property
-    def whitened_eigenvalues(self) -> Tensor:
-        """Eigenvalues of Σ^{-1/2}CΣ^{-1/2} for each β, ascending; all equal the ratio if C ∝ Σ."""
-        return torch.linalg.eigvalsh(self.whitened_covariance)
-
-
-@single_thread()
-def simulate(
-    problem: NoisyQuadratic,
-    betas: tuple[float, ...],
-    learning_rate: float,
-    start: Tensor,
-    chains: int,
-    burn_in: int,
-    steps: int,
-    generator: torch.Generator,
-) -> dict[str, BufferStatistics]:
-    """EMA momentum SGD for len(betas) × chains independent runs from `start`; η = 0 holds x fixed.
-
-    Returns the statistics of the buffer g ("buffer") and of its noise part m ("noise part").
-    """
-    beta = torch.tensor(betas, dtype=torch.float64)[:, None, None]
-    x = start.expand(len(betas), chains, problem.dim).clone()
-    buffer = torch.zeros_like(x)
-    noise_part = torch.zeros_like(x)
-    whitening = torch.linalg.inv(problem.noise_factor)  # L⁻¹
-    norms = {"buffer": torch.zeros(len(betas), chains, dtype=torch.float64)}
-    norms["noise part"] = torch.zeros_like(norms["buffer"])
-    outer = {key: torch.zeros(len(betas), problem.dim, problem.dim, dtype=torch.float64) for key in norms}
-    for k in range(burn_in + steps):
-        noise = problem.noise((len(betas), chains), generator)  # ξ
-        buffer = beta * buffer + (1 - beta) * (problem.gradient(x) + noise)  # g ← βg + (1−β)(Ax + ξ)
-        noise_part = beta * noise_part + (1 - beta) * noise  # m ← βm + (1−β)ξ
-        x = x - learning_rate * buffer
-        if k < burn_in:
-            continue
-        for key, value in (("buffer", buffer), ("noise part", noise_part)):
-            whitened = (value - value.mean(1, keepdim=True)) @ whitening.T  # L⁻¹v
-            norms[key] += (whitened**2).sum(-1)
-            outer[key] += whitened.transpose(1, 2) @ whitened
-    unbiased = chains / (chains - 1)  # centring by the mean over chains removes one chain's worth
+def _labels(settings: Settings) -> dict[str, str]:
+    eta = settings.learning_rate
     return {
-        key: BufferStatistics(
-            norms[key] * unbiased / (steps * problem.dim), outer[key] * unbiased / (steps * chains)
-        )
-        for key in norms
+        FIXED_POINT: "buffer at a fixed point (η = 0)",
+        NOISE_PART: f"noise part along the trajectory (η = {eta})",
+        FULL_BUFFER: f"full buffer along the trajectory (η = {eta})",
     }
 
 
-def _plot(measured: dict[str, BufferStatistics], path: Path) -> Path:
+def _rows(tables: Tables, buffer: str) -> pd.DataFrame:
+    ratios = tables["ratios"]
+    return ratios[ratios["buffer"] == buffer]
+
+
+def _claim(key: str, claim_id: str, statement: str, tables: Tables) -> Claim:
+    rows = _rows(tables, key)
+    detail = {
+        str(row.beta): {"ratio": row.ratio, "predicted": row.predicted, "standard_error": row.standard_error}
+        for row in rows.itertuples()
+    }
+    deviation = [abs(row.ratio / row.predicted - 1) for row in rows.itertuples()]
+    return Claim(claim_id, statement, max(deviation), TOLERANCE, "<=", detail)
+
+
+def buffer_covariance_fixed_point(settings: Settings, tables: Tables) -> Claim:
+    """At one point, the momentum buffer's covariance over noise draws is (1−β)/(1+β)·Σ.
+
+    References: Ghosh et al. (ICLR 2023), stochastic heavy ball (SPEC §2) — for i.i.d. gradient noise
+    of covariance Σ the momentum average has covariance (1−β)/(1+β)·Σ."""
+    return _claim(
+        FIXED_POINT,
+        "buffer-covariance-fixed-point",
+        f"at a fixed point, Cov(momentum buffer) / Σ is within {TOLERANCE:.0%} of (1−β)/(1+β) "
+        "(max over β of the relative deviation of tr(Σ⁻¹C)/d)",
+        tables,
+    )
+
+
+def noise_part_covariance_trajectory(settings: Settings, tables: Tables) -> Claim:
+    """Along EMA momentum SGD, the buffer's noise part has covariance (1−β)/(1+β)·Σ.
+
+    References: Ghosh et al. (ICLR 2023), stochastic heavy ball (SPEC §2) — the momentum average of
+    i.i.d. gradient noise has covariance (1−β)/(1+β)·Σ, here the EMA of the noise that drives a run."""
+    return _claim(
+        NOISE_PART,
+        "noise-part-covariance-trajectory",
+        f"along EMA momentum SGD, Cov(EMA of the gradient noise) / Σ is within {TOLERANCE:.0%} of "
+        "(1−β)/(1+β) (max over β of the relative deviation of tr(Σ⁻¹C)/d)",
+        tables,
+    )
+
+
+CLAIMS = (buffer_covariance_fixed_point, noise_part_covariance_trajectory)
+
+
+def _eigenvalue_range(tables: Tables, buffer: str) -> pd.DataFrame:
+    """Smallest and largest whitened eigenvalue per β, in the order of the settings."""
+    eigenvalues = tables["whitened_eigenvalues"]
+    rows = eigenvalues[eigenvalues["buffer"] == buffer]
+    return rows.groupby("beta", sort=False)["eigenvalue"].agg(["min", "max"])
+
+
+def figures(settings: Settings, tables: Tables, out_dir: Path) -> list[Path]:
     """Measured and predicted ratio against 1 − β, and the relative deviation with the ±10% band."""
-    one_minus = torch.tensor([1 - b for b in BETAS])
-    predicted = torch.tensor([predicted_ratio(b) for b in BETAS])
-    grid = torch.logspace(math.log10(0.004), math.log10(0.7), 200)  # 1 − β, so (1−β)/(1+β) = grid/(2 − grid)
+    one_minus = np.array([1 - b for b in settings.betas])
+    predicted = np.array([ema_variance_ratio(b) for b in settings.betas])
+    # 1 − β on a log grid, where (1−β)/(1+β) = grid/(2 − grid)
+    grid = np.geomspace(0.4 * one_minus.min(), min(1.4 * one_minus.max(), 1.0), 200)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
     left.plot(grid, grid / (2 - grid), color="black", linewidth=1.2, label="prediction (1−β)/(1+β)")
     right.axhspan(-TOLERANCE, TOLERANCE, color="0.9", label=f"±{TOLERANCE:.0%} (claim)")
     right.axhline(0, color="black", linewidth=1)
-    for offset, (label, statistics) in zip((0.9, 1.0, 1.1), measured.items()):
-        color, marker = STYLES[label]
+    for offset, (key, label) in zip((0.9, 1.0, 1.1), _labels(settings).items()):
+        rows = _rows(tables, key)
+        color, marker = STYLES[key]
+        style = {"color": color, "marker": marker, "linestyle": "none", "markersize": 7, "label": label}
         x = one_minus * offset
-        left.errorbar(
-            x,
-            statistics.ratio,
-            yerr=2 * statistics.standard_error,
-            color=color,
-            marker=marker,
-            linestyle="none",
-            markersize=7,
-            label=label,
-        )
+        left.errorbar(x, rows["ratio"], yerr=2 * rows["standard_error"], **style)
         right.errorbar(
-            x,
-            statistics.ratio / predicted - 1,
-            yerr=2 * statistics.standard_error / predicted,
-            color=color,
-            marker=marker,
-            linestyle="none",
-            markersize=7,
-            capsize=3,
-            label=label,
+            x, rows["ratio"] / predicted - 1, yerr=2 * rows["standard_error"] / predicted, capsize=3, **style
         )
-    eigenvalues = measured[FIXED_POINT].whitened_eigenvalues / predicted[:, None] - 1
+    spread = _eigenvalue_range(tables, FIXED_POINT)
     right.vlines(
         one_minus * 0.9,
-        eigenvalues[:, 0],
-        eigenvalues[:, -1],
+        spread["min"] / predicted - 1,
+        spread["max"] / predicted - 1,
         color=STYLES[FIXED_POINT][0],
         alpha=0.35,
         linewidth=6,
@@ -196,117 +228,59 @@ def _plot(measured: dict[str, BufferStatistics], path: Path) -> Path:
     for axis in (left, right):
         axis.set_xscale("log")
         axis.set_xlabel("1 − β")
-        axis.set_xticks(one_minus.tolist(), [f"{1 - b:g}\n(β = {b})" for b in BETAS])
+        axis.set_xticks(one_minus.tolist(), [f"{1 - b:g}\n(β = {b})" for b in settings.betas])
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    save_figure(figure, path)
-    return path
+    return [save_figure(figure, out_dir / "variance_ratio.png")]
 
 
-def run(
-    store: RunStore,
-    out_dir: Path,
-    options: ReproductionOptions,
-    chains: int = CHAINS,
-    burn_in: int = BURN_IN,
-    steps: int = STEPS,
-) -> ReproductionResult:
-    """Measure the three covariance ratios for every β, then write the figure, claims.json and the section."""
-    seeds = options.seeds or DEFAULT_SEEDS
-    problem = noisy_problem()
-    start = torch.ones(problem.dim, dtype=torch.float64)  # x0, where ∇E(x0) = Ax0 ≠ 0
-    parts: dict[str, list[BufferStatistics]] = {FIXED_POINT: [], NOISE_PART: [], FULL_BUFFER: []}
-    for seed in seeds:
-        generator = torch.Generator().manual_seed(seed)  # both runs draw from it in turn: independent noise
-        fixed = simulate(problem, BETAS, 0.0, start, chains, burn_in, steps, generator)
-        moving = simulate(problem, BETAS, LEARNING_RATE, start, chains, burn_in, steps, generator)
-        parts[FIXED_POINT].append(fixed["buffer"])
-        parts[NOISE_PART].append(moving["noise part"])
-        parts[FULL_BUFFER].append(moving["buffer"])
-    measured = {label: BufferStatistics.pool(group) for label, group in parts.items()}
-    predicted = [predicted_ratio(b) for b in BETAS]
+def _ratio_table(settings: Settings, tables: Tables) -> str:
+    labels = _labels(settings)
+    rows = []
+    for i, beta in enumerate(settings.betas):
+        row = {"β": beta, "prediction (1−β)/(1+β)": f"{ema_variance_ratio(beta):.5f}"}
+        for key, label in labels.items():
+            measured = _rows(tables, key).iloc[i]
+            deviation = measured.ratio / measured.predicted - 1
+            row[label] = f"{measured.ratio:.5f} ± {measured.standard_error:.5f} ({deviation:+.2%})"
+        rows.append(row)
+    return markdown_table(pd.DataFrame(rows))
 
-    def deviation(label: str) -> list[float]:
-        return [abs(r / p - 1) for r, p in zip(measured[label].ratio.tolist(), predicted)]
 
-    def detail(label: str) -> dict[str, dict[str, float]]:
-        statistics = measured[label]
-        return {
-            str(b): {
-                "ratio": float(statistics.ratio[i]),
-                "predicted": predicted[i],
-                "standard_error": float(statistics.standard_error[i]),
-            }
-            for i, b in enumerate(BETAS)
-        }
-
-    claims = [
-        Claim(
-            "buffer-covariance-fixed-point",
-            f"at a fixed point, Cov(momentum buffer) / Σ is within {TOLERANCE:.0%} of (1−β)/(1+β) "
-            "(max over β of the relative deviation of tr(Σ⁻¹C)/d)",
-            max(deviation(FIXED_POINT)),
-            TOLERANCE,
-            "<=",
-            detail(FIXED_POINT),
+def report(settings: Settings, tables: Tables) -> dict[str, str]:
+    """The prose's values: the problem, the chains, the ratio table and the eigenvalue spread."""
+    spread = _eigenvalue_range(tables, FIXED_POINT)
+    low_curvature, high_curvature = settings.curvatures
+    low_noise, high_noise = settings.noise_variances
+    return {
+        "dim": str(settings.dim),
+        "curvatures": f"[{low_curvature:g}, {high_curvature:g}]",
+        "noise_variances": f"[{low_noise:g}, {high_noise:g}]",
+        "problem_seed": str(settings.problem_seed),
+        "condition_number": f"{float(torch.linalg.cond(noisy_problem(settings).noise_covariance)):.0f}",
+        "chains": str(settings.chains),
+        "burn_in": str(settings.burn_in),
+        "steps": str(settings.steps),
+        "seeds": str(list(settings.seeds)),
+        "learning_rate": str(settings.learning_rate),
+        "ratios": _ratio_table(settings, tables),
+        "eigenvalue_spread": ", ".join(
+            f"β = {beta}: [{low / p:.3f}, {high / p:.3f}]"
+            for beta, p, low, high in zip(
+                settings.betas, map(ema_variance_ratio, settings.betas), spread["min"], spread["max"]
+            )
         ),
-        Claim(
-            "noise-part-covariance-trajectory",
-            f"along EMA momentum SGD, Cov(EMA of the gradient noise) / Σ is within {TOLERANCE:.0%} of "
-            "(1−β)/(1+β) (max over β of the relative deviation of tr(Σ⁻¹C)/d)",
-            max(deviation(NOISE_PART)),
-            TOLERANCE,
-            "<=",
-            detail(NOISE_PART),
-        ),
-    ]
+    }
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures = [_plot(measured, out_dir / "variance_ratio.png")]
-    atomic.write_json(out_dir / "claims.json", [claim.to_json() for claim in claims])
 
-    rows = ["| β | prediction (1−β)/(1+β) | " + " | ".join(measured) + " |", "|---|---|---|---|---|"]
-    for i, b in enumerate(BETAS):
-        cells = [
-            f"{s.ratio[i]:.5f} ± {s.standard_error[i]:.5f} ({float(s.ratio[i]) / predicted[i] - 1:+.2%})"
-            for s in measured.values()
-        ]
-        rows.append(f"| {b} | {predicted[i]:.5f} | " + " | ".join(cells) + " |")
-    eigenvalues = measured[FIXED_POINT].whitened_eigenvalues
-    spread = ", ".join(
-        f"β = {b}: [{low / p:.3f}, {high / p:.3f}]"
-        for b, p, low, high in zip(BETAS, predicted, eigenvalues[:, 0], eigenvalues[:, -1])
-    )
-    sigma = problem.noise_covariance
-    command = f"momentumlab reproduce {NAME} --seeds {','.join(map(str, seeds))}"
-    section = "\n\n".join(
-        [
-            f"## {TITLE}\n\nCommand: `{command}`.",
-            (
-                f"Noisy quadratic in d = {problem.dim}: A diagonal with entries log-spaced in [0.5, 2], Σ with "
-                f"eigenvalues log-spaced in [0.1, 10] in a random orthonormal basis (seed {PROBLEM_SEED}; condition "
-                f"number {float(torch.linalg.cond(sigma)):.0f}), x0 = (1, …, 1). Per seed, {chains} independent "
-                f"chains for each β run {burn_in} burn-in steps, then {steps} recorded steps; seeds {list(seeds)}."
-            ),
-            (
-                "What is measured. At every recorded step each buffer is centred by its mean over chains, which "
-                "removes the deterministic part common to all chains (Ax0 at the fixed point; the mean trajectory "
-                "otherwise). Reported: tr(Σ⁻¹C)/d ± its standard error (spread of per-chain time averages over "
-                "√chains), and in brackets the deviation from the prediction. *Buffer at a fixed point*: "
-                "g ← βg + (1−β)(Ax0 + ξ) with x held at x0 — the covariance over noise draws of the momentum "
-                "average at one point, the paper's statement. *Noise part along the trajectory*: m ← βm + (1−β)ξ "
-                f"beside the EMA momentum run x ← x − ηg (η = {LEARNING_RATE}), so that g = EMA(Ax_k) + m. "
-                "*Full buffer along the trajectory*: g of that run; it also holds EMA(Ax_k), and the iterates' "
-                "noise-driven spread makes its covariance differ from (1−β)/(1+β)·Σ, more so for larger η and β — "
-                "shown, not claimed."
-            ),
-            "### Claims\n\n" + claims_table(claims),
-            "### Covariance ratios\n\n" + "\n".join(rows),
-            (
-                "Eigenvalues of Σ^{-1/2}CΣ^{-1/2} over the prediction at the fixed point (1 in every direction "
-                f"when C = (1−β)/(1+β)·Σ): {spread}."
-            ),
-            f"![variance ratio]({NAME}/variance_ratio.png)",
-        ]
-    )
-    return ReproductionResult(NAME, TITLE, claims, section, figures)
+REPRODUCTION = Reproduction(
+    name="momentum-variance",
+    title="The momentum buffer's noise covariance is (1−β)/(1+β) times the gradient noise's (Ghosh et al.)",
+    settings=Settings,
+    measure=measure,
+    claims=CLAIMS,
+    figures=figures,
+    report=report,
+    prose=read_prose(__file__),
+    single_thread=True,
+)

@@ -7,7 +7,9 @@ number of epochs (so a larger batch takes fewer steps, as in the paper), batch s
 evenly spaced steps, including the first and the last, each run measures ‖ω_t‖ = ‖d_t − ∇f(x_t)‖ with the
 full training gradient, and C²(x_t) and ‖∇f(x_t)‖ from per-sample gradients. Per setting, C² and K are the
 maxima of those measurements over its runs and steps, and δ is the theory's formula with them. All runs
-of one seed share the initialization and the order of the minibatches (per batch size).
+of one seed share the initialization and the order of the minibatches (per batch size). Around SGD's
+trained x* (first batch size, first seed) the smoothed training loss f̂_δ is measured along a line and
+at x* against δ.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import matplotlib
 
@@ -23,15 +26,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field, model_validator
 from scipy.stats import spearmanr
 from torch.func import grad
 from torch.nn import functional as F
 from torch.nn.utils import vector_to_parameters
 
-from momentumlab import atomic
 from momentumlab.claims import Claim
+from momentumlab.config import StrictModel
 from momentumlab.data.digits import DigitsData, load_digits_dataset
-from momentumlab.experiments.base import ReproductionOptions, ReproductionResult, ignored_overrides_note
+from momentumlab.experiments.reproduction import (
+    Reproduction,
+    ReproductionSettings,
+    Seeds,
+    Tables,
+    read_prose,
+)
 from momentumlab.models.conv import SmallCNN
 from momentumlab.probes.curvature import hutchinson_trace, model_hvp
 from momentumlab.probes.noise import (
@@ -42,35 +52,70 @@ from momentumlab.probes.noise import (
     search_noise,
     smoothing_degree,
 )
-from momentumlab.probes.smoothing import smoothed_loss, unit_ball
-from momentumlab.report import claims_table, save_figure
+from momentumlab.probes.smoothing import quadratic_lift, smoothed_line, smoothing_lift, unit_ball
+from momentumlab.report import markdown_table, save_figure
+from momentumlab.seeds import ORDER_SEED_OFFSET
 from momentumlab.store import RunStore
-from momentumlab.threads import single_thread
 
-NAME = "noise-level"
-TITLE = "Search-direction noise, the smoothing it implies, and test accuracy (Sato & Iiduka)"
-BATCH_SIZES = (16, 32, 64, 128, 256, 512)
-MOMENTA = (0.0, 0.5, 0.9, 0.99)  # 0 = SGD
-DEFAULT_SEEDS = (0, 1, 2)
-LEARNING_RATE = 0.2  # η, the same for every setting
-EPOCHS = 15
-MEASUREMENTS = 5  # measured steps per run, evenly spaced from the first to the last
-DATA_SEED = 0  # the train/test split; seeds drive initialization and minibatch order
-ORDER_SEED_OFFSET = 1000  # minibatch order of seed s is drawn from a generator seeded with 1000 + s
-CHUNK_SIZE = 512  # per-sample gradients held at once
 SLOPE_TARGET, SLOPE_TOLERANCE = -0.5, 0.1  # claim (a): slope in [−0.6, −0.4]
-SMOOTHING_PAIRS = 8  # antithetic pairs ±u of unit-ball draws per point of the smoothed curve
-SMOOTHING_POINTS = 21  # points along the line
-LINE_SEED = 0  # the random direction of the smoothing line and the ball draws
-TRACE_PROBES = 30  # Hutchinson probes for tr(H) at the trained x*
-CHANCE_LEVEL = 0.5  # settings below this mean test accuracy are counted in the section
-GOOD_ACCURACY = 0.9  # the section gives the noise band of the settings at or above this accuracy
+CHANCE_LEVEL = 0.5  # settings below this mean test accuracy are counted in the report
+GOOD_ACCURACY = 0.9  # the report gives the noise band of the settings at or above this accuracy
+RAW_LABEL = "f (raw)"  # the unsmoothed loss in the smoothing line's table
 METHOD_STYLE = {"sgd": ("black", "o"), "shb": ("#d1495b", "s"), "nshb": ("#00798c", "^")}  # color, marker
 MOMENTUM_COLORS = {0.0: "black", 0.5: "#edae49", 0.9: "#d1495b", 0.99: "#66a182"}
 
 
+class SmoothingSettings(StrictModel):
+    """The smoothed loss around SGD's trained x*: along a line, and its lift at x* against δ."""
+
+    points: int = Field(21, ge=1, description="points along the line")
+    pairs: int = Field(8, ge=2, description="antithetic pairs ±u of unit-ball draws per point")
+    lift_points: int = Field(9, ge=1, description="δ of the lift, geometric from δ_max/100 to 2δ_max")
+    trace_probes: int = Field(30, ge=2, description="Hutchinson probes for tr(H) at x*")
+    line_seed: int = Field(0, ge=0, description="the line's random direction, the ball draws and probes")
+
+
+class Settings(ReproductionSettings):
+    """The grid of optimizers and batch sizes, the training protocol, the measurements and the smoothing."""
+
+    seeds: Seeds = (0, 1, 2)  # seed s: initialization from s, minibatch order from ORDER_SEED_OFFSET + s
+    batch_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field((16, 32, 64, 128, 256, 512), min_length=2)
+    momenta: tuple[Annotated[float, Field(ge=0, lt=1)], ...] = Field((0.0, 0.5, 0.9, 0.99), min_length=1)
+    lr: float = Field(0.2, gt=0, description="η, the same for every setting")
+    epochs: int = Field(15, ge=1)
+    measurements: int = Field(5, ge=1, description="measured steps per run, evenly spaced, first to last")
+    width: int = Field(16, ge=1, description="SmallCNN's channels")
+    data_seed: int = Field(0, ge=0, description="the digits' train/test split")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of the digits held out for testing")
+    chunk_size: int = Field(512, ge=1, description="per-sample gradients held in memory at once")
+    smoothing: SmoothingSettings = SmoothingSettings()
+
+    @model_validator(mode="after")
+    def _grid_is_well_formed(self) -> Settings:
+        if 0.0 not in self.momenta:
+            raise ValueError(f"momenta = {list(self.momenta)}: must contain 0 (SGD), which claim (a) uses")
+        for field in ("batch_sizes", "momenta"):
+            values = getattr(self, field)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{field} = {list(values)}: every value must appear once")
+        return self
+
+    @classmethod
+    def smoke(cls) -> Settings:
+        return cls(
+            seeds=(0,),
+            batch_sizes=(64, 256),
+            momenta=(0.0, 0.9),
+            epochs=1,
+            measurements=2,
+            smoothing=SmoothingSettings(points=3, pairs=2, trace_probes=2),
+        )
+
+
 @dataclass(frozen=True)
-class Setting:
+class OptimizerSetting:
+    """One point of the grid: the search direction's rule, its β and the batch size b."""
+
     method: Method
     momentum: float
     batch_size: int
@@ -80,46 +125,38 @@ class Setting:
         return "SGD" if self.method == "sgd" else f"{self.method.upper()} β={self.momentum:g}"
 
 
-def settings(batch_sizes: tuple[int, ...], momenta: tuple[float, ...]) -> list[Setting]:
-    """SGD, and SHB and NSHB for every non-zero β, at every batch size."""
-    if 0.0 not in momenta:
-        raise ValueError(f"momenta={momenta}: must contain 0 (SGD), which claim (a) and the smoothing use")
-    rules = [("sgd", 0.0)] + [(method, beta) for method in ("shb", "nshb") for beta in momenta if beta > 0]
-    return [Setting(method, beta, b) for b in batch_sizes for method, beta in rules]
+def optimizer_settings(settings: Settings) -> list[OptimizerSetting]:
+    """SGD, and SHB and NSHB for every non-zero β, at every batch size (batch size first)."""
+    rules = [("sgd", 0.0)] + [
+        (method, beta) for method in ("shb", "nshb") for beta in settings.momenta if beta > 0
+    ]
+    return [OptimizerSetting(method, beta, b) for b in settings.batch_sizes for method, beta in rules]
 
 
-@dataclass(frozen=True)
-class RunResult:
-    setting: Setting
-    seed: int
-    measurements: list[dict[str, float]]  # step, ‖ω‖, ‖∇f‖, C² at each measured step
-    test_accuracy: float
-    final: torch.Tensor  # flat parameters after training
-
-
-@single_thread()
-def train(
-    data: DigitsData, setting: Setting, seed: int, lr: float, epochs: int, measurements: int
-) -> RunResult:
-    """One run: x_{t+1} = x_t − η d_t with d_t the setting's search direction; ω_t measured on the way."""
-    model = SmallCNN(generator=torch.Generator().manual_seed(seed))
+def _train(
+    settings: Settings, data: DigitsData, setting: OptimizerSetting, seed: int
+) -> tuple[list[dict[str, float]], float, torch.Tensor]:
+    """One run, x_{t+1} = x_t − η d_t with d_t the setting's search direction: the measured steps (‖ω_t‖,
+    ‖∇f(x_t)‖, C²(x_t)), the final test accuracy and the final flat parameters."""
+    model = SmallCNN(width=settings.width, generator=torch.Generator().manual_seed(seed))
     loss, point = flat_model_loss(model, F.cross_entropy)
     stochastic_gradient = grad(loss)
     inputs, labels = data.train.inputs, data.train.labels
     count, b = len(labels), setting.batch_size
     steps_per_epoch = count // b  # the last, incomplete minibatch of an epoch is dropped
-    total = epochs * steps_per_epoch
+    total = settings.epochs * steps_per_epoch
+    measurements = settings.measurements
     measured = {round(k * (total - 1) / max(measurements - 1, 1)) for k in range(measurements)}
     order = torch.Generator().manual_seed(ORDER_SEED_OFFSET + seed)
     buffer, rows, step = torch.zeros_like(point), [], 0
-    for _ in range(epochs):
+    for _ in range(settings.epochs):
         permutation = torch.randperm(count, generator=order)
         for start in range(0, steps_per_epoch * b, b):
             batch = permutation[start : start + b]
             gradient = stochastic_gradient(point, inputs[batch], labels[batch])  # g_t
             direction = search_direction(setting.method, setting.momentum, buffer, gradient)  # d_t
             if step in measured:
-                statistics = gradient_statistics(loss, point, inputs, labels, CHUNK_SIZE)
+                statistics = gradient_statistics(loss, point, inputs, labels, settings.chunk_size)
                 noise = search_noise(direction, statistics.full_gradient)  # ω_t
                 rows.append(
                     {
@@ -129,21 +166,21 @@ def train(
                         "variance": statistics.variance,
                     }
                 )
-            point, buffer, step = point - lr * direction, direction, step + 1
+            point, buffer, step = point - settings.lr * direction, direction, step + 1
     accuracy, _ = flat_model_loss(model, lambda logits, y: (logits.argmax(1) == y).double().mean())
-    return RunResult(setting, seed, rows, accuracy(point, data.test.inputs, data.test.labels).item(), point)
+    return rows, accuracy(point, data.test.inputs, data.test.labels).item(), point
 
 
-def summarize(runs: list[RunResult], lr: float) -> pd.DataFrame:
+def _summarize(settings: Settings, measurements: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting: RMS‖ω‖, η·RMS‖ω‖, C² and K (maxima over runs and steps), δ, the ratio, test accuracy."""
-    rows = []
-    for setting in dict.fromkeys(run.setting for run in runs):
-        group = [run for run in runs if run.setting == setting]
-        frame = pd.DataFrame([row for run in group for row in run.measurements])
+    lr, rows = settings.lr, []
+    for setting in optimizer_settings(settings):
+        key = (setting.method, setting.momentum, setting.batch_size)
+        frame = measurements[_matches(measurements, key)]
         noise_rms = math.sqrt((frame["noise_norm"] ** 2).mean())  # √(mean over steps and seeds of ‖ω_t‖²)
         variance, bound = frame["variance"].max(), frame["gradient_norm"].max()  # C², K
         delta = smoothing_degree(setting.method, lr, setting.batch_size, setting.momentum, variance, bound)
-        accuracies = [run.test_accuracy for run in group]
+        accuracies = runs[_matches(runs, key)]["test_accuracy"].tolist()
         rows.append(
             {
                 "method": setting.method,
@@ -165,79 +202,201 @@ def summarize(runs: list[RunResult], lr: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sgd_slope(summary: pd.DataFrame, column: str = "noise_rms") -> float:
+def _matches(table: pd.DataFrame, key: tuple[str, float, int]) -> pd.Series:
+    method, momentum, batch_size = key
+    return (table["method"] == method) & (table["momentum"] == momentum) & (table["batch_size"] == batch_size)
+
+
+def _smoothing_deltas(summary: pd.DataFrame) -> dict[str, float]:
+    """The δ of the smoothing line: SGD's measured noise level and theory's δ at the first batch size, and
+    the largest measured noise level of any setting."""
+    base = summary.iloc[0]  # SGD at the first batch size
+    loudest = summary.loc[summary["noise_level"].idxmax()]
+    where = f"b={base['batch_size']}"
+    return {
+        f"δ = η·RMS‖ω‖ of SGD {where} = {base['noise_level']:.3g}": base["noise_level"],
+        f"δ = the theory's δ of SGD {where} = {base['delta']:.3g}": base["delta"],
+        f"δ = η·RMS‖ω‖ of {loudest['label']} b={loudest['batch_size']} = {loudest['noise_level']:.3g} "
+        "(the largest)": loudest["noise_level"],
+    }
+
+
+def _smoothing_tables(
+    settings: Settings, data: DigitsData, deltas: dict[str, float], solution: torch.Tensor
+) -> Tables:
+    """f and f̂_δ (training loss) along x* + s·v, v a random unit vector, s ∈ [−2δ_max, 2δ_max], for each
+    named δ; f̂_δ(x*) − f(x*) on a geometric grid of δ; and tr(H) at x* for the quadratic prediction.
+
+    One set of antithetic ball draws serves every point and δ.
+    """
+    smoothing = settings.smoothing
+    model = SmallCNN(width=settings.width, generator=torch.Generator())  # its weights are replaced by x*
+    vector_to_parameters(solution, model.parameters())
+    loss, _ = flat_model_loss(model, F.cross_entropy)
+    inputs, labels = data.train.inputs, data.train.labels
+    generator = torch.Generator().manual_seed(smoothing.line_seed)
+    direction = torch.randn(solution.shape, generator=generator)
+    direction /= direction.norm()
+    ball = unit_ball(smoothing.pairs, direction.numel(), generator, dtype=solution.dtype)  # used as ±u
+    trace = hutchinson_trace(
+        model_hvp(model, F.cross_entropy, inputs, labels), solution.numel(), smoothing.trace_probes, generator
+    )
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return loss(x, inputs, labels)
+
+    largest = max(deltas.values())
+    offsets = np.linspace(-2 * largest, 2 * largest, smoothing.points)
+    line = [
+        {
+            "offset": s,
+            "label": RAW_LABEL,
+            "delta": 0.0,
+            "mean": f(solution + float(s) * direction).item(),
+            "se": 0.0,
+        }
+        for s in offsets
+    ]
+    for label, delta in deltas.items():
+        values = smoothed_line(f, solution, direction, offsets, delta, ball)
+        line += [
+            {"offset": s, "label": label, "delta": delta, "mean": value.mean, "se": value.standard_error}
+            for s, value in zip(offsets, values)
+        ]
+    lift_deltas = np.geomspace(largest / 100, 2 * largest, smoothing.lift_points)
+    lifts = smoothing_lift(f, solution, lift_deltas, ball)
+    return {
+        "smoothing_line": pd.DataFrame(line),
+        "smoothing_lift": pd.DataFrame(
+            {"delta": lift_deltas, "mean": [v.mean for v in lifts], "se": [v.standard_error for v in lifts]}
+        ),
+        "smoothing_trace": pd.DataFrame([{"trace": trace.trace, "trace_error": trace.standard_error}]),
+    }
+
+
+def measure(settings: Settings, store: RunStore) -> Tables:
+    """Train every setting for every seed, measuring the noise on the way; summarize per setting; then the
+    smoothing around SGD's x*. The runs are not a registered kind: nothing goes through `store`, and the
+    runner caches these tables."""
+    data = load_digits_dataset(settings.test_fraction, seed=settings.data_seed)
+    count = len(data.train)
+    if max(settings.batch_sizes) > count:
+        raise ValueError(
+            f"batch_sizes = {list(settings.batch_sizes)}: each must be at most the {count} training images"
+        )
+    measured, runs, solution = [], [], None
+    for setting in optimizer_settings(settings):
+        for seed in settings.seeds:
+            rows, test_accuracy, final = _train(settings, data, setting, seed)
+            key = {
+                "method": setting.method,
+                "momentum": setting.momentum,
+                "batch_size": setting.batch_size,
+                "label": setting.label,
+                "seed": seed,
+            }
+            measured += [{**key, **row} for row in rows]
+            runs.append(
+                {
+                    **key,
+                    "steps": settings.epochs * (count // setting.batch_size),
+                    "noise_level": settings.lr * math.sqrt(np.mean([row["noise_norm"] ** 2 for row in rows])),
+                    "test_accuracy": test_accuracy,
+                }
+            )
+            solution = final if solution is None else solution  # SGD at the first batch size, first seed
+    measurements, runs = pd.DataFrame(measured), pd.DataFrame(runs)
+    summary = _summarize(settings, measurements, runs)
+    problem = {"parameters": solution.numel(), "train_examples": count, "test_examples": len(data.test)}
+    return {
+        "measurements": measurements,
+        "runs": runs,
+        "summary": summary,
+        **_smoothing_tables(settings, data, _smoothing_deltas(summary), solution),
+        "problem": pd.DataFrame([problem]),
+    }
+
+
+def _sgd_slope(summary: pd.DataFrame, column: str = "noise_rms") -> float:
     """Least-squares slope of log `column` against log b over the SGD settings."""
     sgd = summary[summary["method"] == "sgd"]
     return float(np.polyfit(np.log(sgd["batch_size"]), np.log(sgd[column]), 1)[0])
 
 
-@dataclass(frozen=True)
-class Smoothing:
-    """The smoothed training loss around a trained x*: along a line, and its lift at x* against δ."""
-
-    line: pd.DataFrame  # offset s, label, delta, mean, se: f and f̂_δ at x* + s·v
-    lift: pd.DataFrame  # delta, mean, se: f̂_δ(x*) − f(x*)
-    trace: float  # Hutchinson estimate of tr(H) at x*
-    trace_error: float
-    dim: int
+def _spearman(x: pd.Series, y: pd.Series) -> float:
+    return float(spearmanr(x, y).statistic)
 
 
-def smoothing_view(
-    run: RunResult,
-    data: DigitsData,
-    deltas: dict[str, float],
-    points: int,
-    pairs: int,
-    trace_probes: int = TRACE_PROBES,
-) -> Smoothing:
-    """f and f̂_δ (training loss) along x* + s·v, v a random unit vector, s ∈ [−2δ_max, 2δ_max], for each
-    named δ; and f̂_δ(x*) − f(x*) on a grid of δ beside the quadratic prediction δ²·tr(H)/(2(d+2)).
+def _correlations(tables: Tables) -> dict[str, float]:
+    """Spearman ρ of test accuracy with the noise level and with δ over settings, and over runs."""
+    summary, runs = tables["summary"], tables["runs"]
+    return {
+        "noise_level": _spearman(summary["noise_level"], summary["test_accuracy"]),
+        "delta": _spearman(summary["delta"], summary["test_accuracy"]),
+        "noise_level_per_run": _spearman(runs["noise_level"], runs["test_accuracy"]),
+    }
 
-    The ball draws come in antithetic pairs ±u, which cancel the first-order term δ⟨∇f, u⟩; one set of
-    draws serves every point and δ.
-    """
-    model = SmallCNN(generator=torch.Generator())  # its initial weights are overwritten by x*
-    vector_to_parameters(run.final, model.parameters())
-    loss, _ = flat_model_loss(model, F.cross_entropy)
-    inputs, labels = data.train.inputs, data.train.labels
-    generator = torch.Generator().manual_seed(LINE_SEED)
-    direction = torch.randn(run.final.shape, generator=generator)
-    direction /= direction.norm()
-    ball = unit_ball(pairs, direction.numel(), generator, dtype=run.final.dtype)  # used as ±u
-    largest = max(deltas.values())
 
-    def f(x: torch.Tensor) -> torch.Tensor:
-        return loss(x, inputs, labels)
+def _ratios_by_method(summary: pd.DataFrame) -> dict[str, float]:
+    return {f"max_ratio_{method}": float(rows["ratio"].max()) for method, rows in summary.groupby("method")}
 
-    line, lift = [], []
-    with single_thread():
-        trace = hutchinson_trace(
-            model_hvp(model, F.cross_entropy, inputs, labels), run.final.numel(), trace_probes, generator
-        )
-        with torch.no_grad():
-            for offset in np.linspace(-2 * largest, 2 * largest, points):
-                x = run.final + float(offset) * direction
-                line.append(
-                    {"offset": offset, "label": "f (raw)", "delta": 0.0, "mean": f(x).item(), "se": 0.0}
-                )
-                for label, delta in deltas.items():
-                    value = smoothed_loss(f, x, delta, ball, antithetic=True)
-                    line.append(
-                        {
-                            "offset": offset,
-                            "label": label,
-                            "delta": delta,
-                            "mean": value.mean,
-                            "se": value.standard_error,
-                        }
-                    )
-            at_solution = f(run.final).item()
-            for delta in np.geomspace(largest / 100, 2 * largest, 9):
-                value = smoothed_loss(f, run.final, float(delta), ball, antithetic=True)
-                lift.append({"delta": delta, "mean": value.mean - at_solution, "se": value.standard_error})
-    return Smoothing(
-        pd.DataFrame(line), pd.DataFrame(lift), trace.trace, trace.standard_error, run.final.numel()
+
+def sgd_noise_falls_as_inverse_sqrt_batch(settings: Settings, tables: Tables) -> Claim:
+    """SGD's search-direction noise falls like 1/√b.
+
+    References: Sato & Iiduka (arXiv 2402.02325), the bound on SGD's search-direction noise behind
+    δ = ηC/√b (SPEC §3): E‖ω_t‖² ≤ C²/b, so the noise falls like 1/√b."""
+    summary = tables["summary"]
+    slope, normalized_slope = _sgd_slope(summary), _sgd_slope(summary, "noise_over_c")
+    low, high = SLOPE_TARGET - SLOPE_TOLERANCE, SLOPE_TARGET + SLOPE_TOLERANCE
+    return Claim(
+        "sgd-noise-falls-as-inverse-sqrt-batch",
+        f"SGD: the measured noise RMS‖ω‖ falls like 1/√b, log–log slope within [{low:g}, {high:g}] "
+        "(measured: |slope + 0.5|)",
+        abs(slope - SLOPE_TARGET),
+        SLOPE_TOLERANCE,
+        "<=",
+        {"slope": slope, "slope_of_noise_over_c": normalized_slope},
     )
+
+
+def noise_within_smoothing_degree(settings: Settings, tables: Tables) -> Claim:
+    """Every setting's noise level stays within the theory's degree of smoothing δ.
+
+    References: Sato & Iiduka (arXiv 2402.02325), the degree of smoothing of SGD, SHB and NSHB (SPEC §3):
+    η√E‖ω_t‖² ≤ δ with δ = ηC/√b, η√(C²/b + β̂(C²/b + K²)) and η√(C²/b + 4β²(C²/b + K²))."""
+    summary = tables["summary"]
+    worst = summary.loc[summary["ratio"].idxmax()]
+    return Claim(
+        "noise-within-smoothing-degree",
+        "for every setting RMS(η‖ω_t‖) ≤ δ, the theory's degree of smoothing with the measured C² and "
+        "K (measured: the largest ratio RMS(η‖ω‖)/δ)",
+        float(worst["ratio"]),
+        1.0,
+        "<=",
+        {"worst_setting": f"{worst['label']}, b={worst['batch_size']}", **_ratios_by_method(summary)},
+    )
+
+
+def lower_noise_higher_accuracy(settings: Settings, tables: Tables) -> Claim:
+    """Lower search-direction noise goes with higher test accuracy.
+
+    References: Sato & Iiduka (arXiv 2402.02325), versions 1–3 (SPEC §3): generalization correlates
+    with the noise level; version 4 reverses this ("Momentum does not reduce stochastic noise")."""
+    correlations = _correlations(tables)
+    return Claim(
+        "lower-noise-higher-accuracy",
+        "test accuracy correlates negatively with the noise level (lower noise, higher accuracy), as "
+        "versions 1–3 of the paper claim (measured: Spearman ρ over settings of η·RMS‖ω‖ and test "
+        "accuracy)",
+        correlations["noise_level"],
+        0.0,
+        "<",
+        correlations,
+    )
+
+
+CLAIMS = (sgd_noise_falls_as_inverse_sqrt_batch, noise_within_smoothing_degree, lower_noise_higher_accuracy)
 
 
 def _plot_noise(summary: pd.DataFrame, path: Path) -> Path:
@@ -283,7 +442,8 @@ def _plot_noise(summary: pd.DataFrame, path: Path) -> Path:
     for axis in axes.flat:
         axis.set_yscale("log")
         axis.grid(alpha=0.3, which="both")
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:  # a grid without momentum leaves SHB and NSHB empty
+            axis.legend(fontsize=7)
     return save_figure(figure, path, dpi=110)
 
 
@@ -333,20 +493,27 @@ def _plot_accuracy(summary: pd.DataFrame, correlations: dict[str, float], path: 
     return save_figure(figure, path, dpi=110)
 
 
-def _plot_smoothing(smoothing: Smoothing, title: str, path: Path) -> Path:
+def _plot_smoothing(settings: Settings, tables: Tables, path: Path) -> Path:
     """Left: f and f̂_δ along the line; right: the lift f̂_δ(x*) − f(x*) against δ and its prediction."""
+    line, lift = tables["smoothing_line"], tables["smoothing_lift"]
+    trace, trace_error = tables["smoothing_trace"].iloc[0][["trace", "trace_error"]]
+    d = int(tables["problem"]["parameters"].iloc[0])
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     colors = ["black", "#00798c", "#edae49", "#d1495b"]
-    for color, (label, rows) in zip(colors, smoothing.line.groupby("label", sort=False)):
-        raw = label == "f (raw)"
+    curves = list(line.groupby("label", sort=False))
+    for color, (label, rows) in zip(colors, curves):
+        raw = label == RAW_LABEL
         left.plot(rows["offset"], rows["mean"], color=color, label=label, marker=None if raw else ".")
         low, high = rows["mean"] - 2 * rows["se"], rows["mean"] + 2 * rows["se"]
         left.fill_between(rows["offset"], low, high, color=color, alpha=0.2, linewidth=0)
     left.set_xlabel("s: distance from the trained x* along a random unit direction v")
     left.set_ylabel("training loss")
-    left.set_title(title, fontsize=10)
+    left.set_title(
+        f"training loss f through SGD's x* (b={settings.batch_sizes[0]}, seed {settings.seeds[0]}) and "
+        f"E f(x − δu)\n(u uniform in the unit ball, {2 * settings.smoothing.pairs} draws per point, ±2 SE)",
+        fontsize=10,
+    )
     left.legend(fontsize=8)
-    lift, d = smoothing.lift, smoothing.dim
     right.errorbar(
         lift["delta"],
         lift["mean"],
@@ -360,11 +527,11 @@ def _plot_smoothing(smoothing: Smoothing, title: str, path: Path) -> Path:
     grid = np.geomspace(lift["delta"].min(), lift["delta"].max(), 100)
     right.plot(
         grid,
-        grid**2 * smoothing.trace / (2 * (d + 2)),
+        quadratic_lift(grid, trace, d),
         color="black",
-        label=f"δ²·tr(H)/(2(d+2)), tr(H) = {smoothing.trace:.3g} ± {smoothing.trace_error:.2g} (Hutchinson)",
+        label=f"δ²·tr(H)/(2(d+2)), tr(H) = {trace:.3g} ± {trace_error:.2g} (Hutchinson)",
     )
-    for color, (label, rows) in zip(colors[1:], list(smoothing.line.groupby("label", sort=False))[1:]):
+    for color, (_, rows) in zip(colors[1:], curves[1:]):
         right.axvline(rows["delta"].iloc[0], color=color, linestyle=":", linewidth=1.2)
     right.set_xscale("log")
     right.set_yscale("log")
@@ -377,227 +544,24 @@ def _plot_smoothing(smoothing: Smoothing, title: str, path: Path) -> Path:
     return save_figure(figure, path, dpi=110)
 
 
-def run(
-    store: RunStore,
-    out_dir: Path,
-    options: ReproductionOptions,
-    batch_sizes: tuple[int, ...] = BATCH_SIZES,
-    momenta: tuple[float, ...] = MOMENTA,
-    epochs: int = EPOCHS,
-    measurements: int = MEASUREMENTS,
-    smoothing_points: int = SMOOTHING_POINTS,
-    smoothing_pairs: int = SMOOTHING_PAIRS,
-    trace_probes: int = TRACE_PROBES,
-) -> ReproductionResult:
-    """Train every setting for every seed, then write the figures, claims.json and the section."""
-    seeds = options.seeds or DEFAULT_SEEDS
-    data = load_digits_dataset(seed=DATA_SEED)
-    grid = settings(batch_sizes, momenta)
-    runs = [
-        train(data, setting, seed, LEARNING_RATE, epochs, measurements) for setting in grid for seed in seeds
-    ]
-    summary = summarize(runs, LEARNING_RATE)
-    per_run = pd.DataFrame(
-        {"noise_level": LEARNING_RATE * _rms(run.measurements), "test_accuracy": run.test_accuracy}
-        for run in runs
-    )
-    correlations = {
-        "noise_level": _spearman(summary["noise_level"], summary["test_accuracy"]),
-        "delta": _spearman(summary["delta"], summary["test_accuracy"]),
-        "noise_level_per_run": _spearman(per_run["noise_level"], per_run["test_accuracy"]),
-    }
-    slope, normalized_slope = sgd_slope(summary), sgd_slope(summary, "noise_over_c")
-    worst = summary.loc[summary["ratio"].idxmax()]
-    low, high = SLOPE_TARGET - SLOPE_TOLERANCE, SLOPE_TARGET + SLOPE_TOLERANCE
-    claims = [
-        Claim(
-            "sgd-noise-falls-as-inverse-sqrt-batch",
-            f"SGD: the measured noise RMS‖ω‖ falls like 1/√b, log–log slope within [{low:g}, {high:g}] "
-            "(measured: |slope + 0.5|)",
-            abs(slope - SLOPE_TARGET),
-            SLOPE_TOLERANCE,
-            "<=",
-            {"slope": slope, "slope_of_noise_over_c": normalized_slope},
-        ),
-        Claim(
-            "noise-within-smoothing-degree",
-            "for every setting RMS(η‖ω_t‖) ≤ δ, the theory's degree of smoothing with the measured C² and "
-            "K (measured: the largest ratio RMS(η‖ω‖)/δ)",
-            float(worst["ratio"]),
-            1.0,
-            "<=",
-            {"worst_setting": f"{worst['label']}, b={worst['batch_size']}", **_ratios_by_method(summary)},
-        ),
-        Claim(
-            "lower-noise-higher-accuracy",
-            "test accuracy correlates negatively with the noise level (lower noise, higher accuracy), as "
-            "versions 1–3 of the paper claim (measured: Spearman ρ over settings of η·RMS‖ω‖ and test "
-            "accuracy)",
-            correlations["noise_level"],
-            0.0,
-            "<",
-            correlations,
-        ),
-    ]
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = summary.iloc[0]  # SGD at the smallest batch size
-    loudest = summary.loc[summary["noise_level"].idxmax()]
-    where = f"b={base['batch_size']}"
-    deltas = {
-        f"δ = η·RMS‖ω‖ of SGD {where} = {base['noise_level']:.3g}": base["noise_level"],
-        f"δ = the theory's δ of SGD {where} = {base['delta']:.3g}": base["delta"],
-        f"δ = η·RMS‖ω‖ of {loudest['label']} b={loudest['batch_size']} = {loudest['noise_level']:.3g} "
-        "(the largest)": loudest["noise_level"],
-    }
-    solution = next(r for r in runs if r.setting == grid[0] and r.seed == seeds[0])
-    smoothing = smoothing_view(solution, data, deltas, smoothing_points, smoothing_pairs, trace_probes)
-    smoothing_title = (
-        f"training loss f through SGD's x* ({where}, seed {seeds[0]}) and E f(x − δu)\n"
-        f"(u uniform in the unit ball, {2 * smoothing_pairs} draws per point, ±2 SE)"
-    )
-    figures = [
+def figures(settings: Settings, tables: Tables, out_dir: Path) -> list[Path]:
+    """Noise and δ against b and β; test accuracy against both; the smoothed loss around SGD's x*."""
+    summary = tables["summary"]
+    return [
         _plot_noise(summary, out_dir / "noise.png"),
-        _plot_accuracy(summary, correlations, out_dir / "accuracy_vs_noise.png"),
-        _plot_smoothing(smoothing, smoothing_title, out_dir / "smoothing.png"),
+        _plot_accuracy(summary, _correlations(tables), out_dir / "accuracy_vs_noise.png"),
+        _plot_smoothing(settings, tables, out_dir / "smoothing.png"),
     ]
-    atomic.write_json(out_dir / "claims.json", [claim.to_json() for claim in claims])
-    measured_steps = pd.DataFrame(
-        {"label": run.setting.label, "batch_size": run.setting.batch_size, "seed": run.seed, **row}
-        for run in runs
-        for row in run.measurements
-    )
-    atomic.write_text(out_dir / "measurements.csv", measured_steps.to_csv(index=False))
-    atomic.write_text(out_dir / "summary.csv", summary.to_csv(index=False))
-    atomic.write_text(out_dir / "smoothing.csv", smoothing.line.to_csv(index=False))
-
-    count = len(data.train)
-    command = f"momentumlab reproduce {NAME} --seeds {','.join(map(str, seeds))}"
-    ignored = ignored_overrides_note(options)
-    steps = ", ".join(f"b={b}: {epochs * (count // b)}" for b in batch_sizes)
-    betas = ", ".join(f"{b:g}" for b in momenta if b > 0)
-    at_solution = smoothing.line[smoothing.line["offset"].abs() == smoothing.line["offset"].abs().min()]
-    lifts = "; ".join(
-        f"{row['label']}: {row['mean']:.4g} ± {row['se']:.2g}" for _, row in at_solution.iterrows()
-    )
-    chance = summary[summary["test_accuracy"] < CHANCE_LEVEL]
-    sgd_variances = ", ".join(
-        f"{row['variance']:.3g} at b={row['batch_size']}"
-        for _, row in summary[summary["method"] == "sgd"].iterrows()
-    )
-    by_method = ", ".join(
-        f"{k.removeprefix('max_ratio_').upper()} {v:.3f}" for k, v in _ratios_by_method(summary).items()
-    )
-    measured = (
-        f"Measured. (a) SGD's log–log slope of RMS‖ω‖ against b is {slope:.3f}. The runs do not sit at the "
-        "same points: with a fixed number of epochs the large-batch runs take few steps and stay near the "
-        f"initial plateau, where C²(x_t) is much smaller (C² = {sgd_variances}). The slope of "
-        f"RMS(‖ω‖/C(x_t)), which divides that out, is {normalized_slope:.3f} (sampling without replacement "
-        "alone makes E‖ω‖² = C²/b·(N−b)/(N−1)). "
-        f"(b) The largest ratio RMS(η‖ω‖)/δ is {worst['ratio']:.3f} ({worst['label']}, "
-        f"b={worst['batch_size']}); by method: {by_method}. For SHB and NSHB the K² term makes δ loose. "
-        f"(c) Spearman ρ between noise level and mean test accuracy over the {len(summary)} settings: "
-        f"{correlations['noise_level']:+.3f}; between δ and accuracy: {correlations['delta']:+.3f}; over the "
-        f"{len(per_run)} runs: {correlations['noise_level_per_run']:+.3f}. {len(chance)} of {len(summary)} "
-        f"settings end below {CHANCE_LEVEL:.0%} mean test accuracy: large batches that took too few steps to "
-        "leave the plateau (low noise) and SHB with large β, whose effective step η/(1−β) is too large to "
-        "train (high noise); both ends of the noise axis hold untrained networks, which a rank correlation "
-        f"over all settings mixes together. {_good_band(summary)}"
-    )
-    section = "\n\n".join(
-        [
-            f"## {TITLE}\n\nCommand: `{command}`.{ignored}",
-            SETUP_NOTE.format(
-                dim=solution.final.numel(),
-                train=count,
-                test=len(data.test),
-                data_seed=DATA_SEED,
-                lr=LEARNING_RATE,
-                epochs=epochs,
-                steps=steps,
-                betas=betas,
-                seeds=list(seeds),
-                offset=ORDER_SEED_OFFSET,
-                measurements=measurements,
-            ),
-            "### Claims\n\n" + claims_table(claims),
-            measured,
-            VERSION_NOTE + " " + _momentum_effect(summary),
-            "### Per setting\n\n" + _summary_table(summary),
-            f"![noise against batch size and momentum]({NAME}/noise.png)",
-            f"![test accuracy against noise]({NAME}/accuracy_vs_noise.png)",
-            SMOOTHING_NOTE.format(
-                samples=2 * smoothing_pairs,
-                where=where,
-                seed=seeds[0],
-                line_seed=LINE_SEED,
-                dim=smoothing.dim,
-                trace=smoothing.trace,
-                trace_error=smoothing.trace_error,
-                probes=trace_probes,
-                lifts=lifts,
-            ),
-            f"![smoothed loss]({NAME}/smoothing.png)",
-            (
-                "Tables as CSV: `summary.csv` (per setting), `measurements.csv` (per measured step), "
-                "`smoothing.csv` (the line)."
-            ),
-        ]
-    )
-    return ReproductionResult(NAME, TITLE, claims, section, figures)
-
-
-def _rms(measurements: list[dict[str, float]]) -> float:
-    return math.sqrt(np.mean([row["noise_norm"] ** 2 for row in measurements]))
-
-
-def _spearman(x: pd.Series, y: pd.Series) -> float:
-    return float(spearmanr(x, y).statistic)
-
-
-SETUP_NOTE = (
-    "Setup. SmallCNN (width 16, {dim} parameters) on the digits ({train} training and {test} test images, "
-    "split seed {data_seed}), cross-entropy, η = {lr} for every setting, {epochs} epochs of shuffled "
-    "minibatches (the last, incomplete one dropped), so the number of steps falls with b ({steps}). SGD, "
-    "SHB (m ← βm + g, x ← x − ηm; PyTorch's SGD with momentum) and NSHB (m ← βm + (1−β)g) with "
-    "β ∈ {{{betas}}}; seeds {seeds} (seed s: initialization from s, minibatch order from {offset} + s, "
-    "shared by all settings). At {measurements} evenly spaced steps per run (first to last) "
-    "ω_t = d_t − ∇f(x_t) is measured with the full training gradient, and C²(x_t) = E_i‖∇f_i − ∇f‖² from "
-    "the per-sample gradients. Per setting the theory's constants are estimated as C² = max C²(x_t) and "
-    "K = max ‖∇f(x_t)‖ over its runs' measured steps (a bound measured at a few points can miss a larger "
-    "value between them), and δ is SPEC §3's formula: SGD ηC/√b, SHB η√(C²/b + β̂(C²/b + K²)), NSHB "
-    "η√(C²/b + 4β²(C²/b + K²)). The noise level of a setting is η·RMS‖ω_t‖ over its measured steps and "
-    "seeds, on the same scale as δ."
-)
-SMOOTHING_NOTE = (
-    "### Smoothing\n\nThe smoothed training loss f̂_δ(x) = E_{{u ~ unit ball}} f(x − δu), by Monte Carlo "
-    "({samples} draws in antithetic pairs ±u, direction uniform on the sphere, radius U^(1/d), the same "
-    "draws everywhere), along the line x* + s·v through SGD's trained x* ({where}, seed {seed}), v a random "
-    "unit vector (seed {line_seed}), for δ from the measured noise and from the theory. In d = {dim} "
-    "dimensions u lies almost on the sphere and almost orthogonal to v, so the smoothing does little "
-    "averaging along the line: it lifts the loss by about δ²·tr(H)/(2(d+2)), the mean curvature over "
-    "random directions (right panel; tr(H) = {trace:.4g} ± {trace_error:.2g} at x*, Hutchinson, "
-    "{probes} probes). "
-    "At x*: {lifts}."
-)
-VERSION_NOTE = (
-    "Versions 1–3 of the paper conclude that momentum's search-direction noise smooths the objective and "
-    'that lower noise goes with better generalization; version 4 reverses its conclusion ("Momentum does '
-    'not reduce stochastic noise"). The measurements, not either version, decide here.'
-)
 
 
 def _momentum_effect(summary: pd.DataFrame) -> str:
-    """One sentence per method: its noise level over SGD's at the same b, as a range over b, for each β."""
+    """Per method and β: its noise level over SGD's at the same b, as a range over b."""
     sgd = summary[summary["method"] == "sgd"].set_index("batch_size")["noise_level"]
     parts = []
     for (method, beta), rows in summary[summary["method"] != "sgd"].groupby(["method", "momentum"]):
         ratios = rows.set_index("batch_size")["noise_level"] / sgd
         parts.append(f"{method.upper()} β={beta:g}: {ratios.min():.2f}–{ratios.max():.2f}")
-    return (
-        "What they say: the measured noise level of momentum over SGD's at the same batch size "
-        f"(range over b) — {'; '.join(parts)}. A ratio below 1 means that momentum reduced the noise."
-    )
+    return "; ".join(parts)
 
 
 def _good_band(summary: pd.DataFrame) -> str:
@@ -615,20 +579,86 @@ def _good_band(summary: pd.DataFrame) -> str:
     )
 
 
-def _ratios_by_method(summary: pd.DataFrame) -> dict[str, float]:
-    return {f"max_ratio_{method}": float(rows["ratio"].max()) for method, rows in summary.groupby("method")}
-
-
 def _summary_table(summary: pd.DataFrame) -> str:
-    lines = [
-        "| setting | b | RMS‖ω‖ | C² | K | η·RMS‖ω‖ | δ | ratio | test accuracy (min–max) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for _, row in summary.iterrows():
-        lines.append(
-            f"| {row['label']} | {row['batch_size']} | {row['noise_rms']:.3g} | {row['variance']:.3g} | "
-            f"{row['gradient_bound']:.3g} | {row['noise_level']:.3g} | {row['delta']:.3g} | "
-            f"{row['ratio']:.3f} | "
-            f"{row['test_accuracy']:.3f} ({row['test_accuracy_min']:.3f}–{row['test_accuracy_max']:.3f}) |"
-        )
-    return "\n".join(lines)
+    table = pd.DataFrame(
+        {
+            "setting": summary["label"],
+            "b": summary["batch_size"],
+            "RMS‖ω‖": summary["noise_rms"],
+            "C²": summary["variance"],
+            "K": summary["gradient_bound"],
+            "η·RMS‖ω‖": summary["noise_level"],
+            "δ": summary["delta"],
+            "ratio": summary["ratio"],
+            "test accuracy (min–max)": [
+                f"{row.test_accuracy:.3f} ({row.test_accuracy_min:.3f}–{row.test_accuracy_max:.3f})"
+                for row in summary.itertuples()
+            ],
+        }
+    )
+    formats = {column: ".3g" for column in ("RMS‖ω‖", "C²", "K", "η·RMS‖ω‖", "δ")}
+    return markdown_table(table, {**formats, "ratio": ".3f"})
+
+
+def report(settings: Settings, tables: Tables) -> dict[str, str]:
+    summary, runs, line = tables["summary"], tables["runs"], tables["smoothing_line"]
+    problem, trace = tables["problem"].iloc[0], tables["smoothing_trace"].iloc[0]
+    correlations = _correlations(tables)
+    worst = summary.loc[summary["ratio"].idxmax()]
+    sgd = summary[summary["method"] == "sgd"]
+    at_solution = line[line["offset"].abs() == line["offset"].abs().min()]
+    steps = runs.drop_duplicates("batch_size")
+    return {
+        "width": str(settings.width),
+        "dim": str(problem["parameters"]),
+        "train": str(problem["train_examples"]),
+        "test": str(problem["test_examples"]),
+        "data_seed": str(settings.data_seed),
+        "lr": f"{settings.lr:g}",
+        "epochs": str(settings.epochs),
+        "steps": ", ".join(f"b={row.batch_size}: {row.steps}" for row in steps.itertuples()),
+        "betas": ", ".join(f"{beta:g}" for beta in settings.momenta if beta > 0),
+        "seeds": str(list(settings.seeds)),
+        "offset": str(ORDER_SEED_OFFSET),
+        "measurements": str(settings.measurements),
+        "slope": f"{_sgd_slope(summary):.3f}",
+        "sgd_variances": ", ".join(f"{row.variance:.3g} at b={row.batch_size}" for row in sgd.itertuples()),
+        "normalized_slope": f"{_sgd_slope(summary, 'noise_over_c'):.3f}",
+        "worst_ratio": f"{worst['ratio']:.3f}",
+        "worst_setting": f"{worst['label']}, b={worst['batch_size']}",
+        "ratios_by_method": ", ".join(
+            f"{key.removeprefix('max_ratio_').upper()} {value:.3f}"
+            for key, value in _ratios_by_method(summary).items()
+        ),
+        "setting_count": str(len(summary)),
+        "rho_noise": f"{correlations['noise_level']:+.3f}",
+        "rho_delta": f"{correlations['delta']:+.3f}",
+        "run_count": str(len(runs)),
+        "rho_runs": f"{correlations['noise_level_per_run']:+.3f}",
+        "below_chance": str(int((summary["test_accuracy"] < CHANCE_LEVEL).sum())),
+        "chance_level": f"{CHANCE_LEVEL:.0%}",
+        "good_band": _good_band(summary),
+        "momentum_effect": _momentum_effect(summary),
+        "summary": _summary_table(summary),
+        "samples": str(2 * settings.smoothing.pairs),
+        "where": f"b={settings.batch_sizes[0]}",
+        "seed": str(settings.seeds[0]),
+        "line_seed": str(settings.smoothing.line_seed),
+        "trace": f"{trace['trace']:.4g}",
+        "trace_error": f"{trace['trace_error']:.2g}",
+        "probes": str(settings.smoothing.trace_probes),
+        "lifts": "; ".join(f"{row.label}: {row.mean:.4g} ± {row.se:.2g}" for row in at_solution.itertuples()),
+    }
+
+
+REPRODUCTION = Reproduction(
+    name="noise-level",
+    title="Search-direction noise, the smoothing it implies, and test accuracy (Sato & Iiduka)",
+    settings=Settings,
+    measure=measure,
+    claims=CLAIMS,
+    figures=figures,
+    report=report,
+    prose=read_prose(__file__),
+    single_thread=True,
+)

@@ -16,8 +16,27 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable
+from typing import Literal
 
-from momentumlab.config import LRScheduleConfig
+from pydantic import Field, model_validator
+
+from momentumlab.config import StrictModel
+
+
+class LRScheduleConfig(StrictModel):
+    """The learning-rate factor per epoch (see :mod:`momentumlab.optim.lr_schedules`)."""
+
+    name: Literal["constant", "cosine", "multistep"] = "constant"
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from 1/(w+1) to 1 over this many epochs")
+    final_factor: float = Field(0.0, ge=0, le=1, description="cosine: the factor it decays to")
+    milestones: tuple[int, ...] = Field((), description="multistep: epochs at which the factor is × gamma")
+    gamma: float = Field(0.1, gt=0, le=1, description="multistep: the decay per milestone")
+
+    @model_validator(mode="after")
+    def _milestones_increase(self) -> LRScheduleConfig:
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            raise ValueError(f"milestones = {list(self.milestones)} must be strictly increasing epochs ≥ 1")
+        return self
 
 
 def warmup_factor(epoch: int, warmup_epochs: int) -> float:

@@ -18,11 +18,36 @@ not η(1−γ)∇, and every later iterate is shifted by that difference.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch.optim import Optimizer
 
-from momentumlab.config import OptimizerConfig
+from momentumlab.config import StrictModel
+
+OptimizerName = Literal["gd", "ema_momentum", "heavy_ball", "nesterov"]
+
+
+class OptimizerConfig(StrictModel):
+    """Which update rule, with the learning rate and momentum in that rule's own parameterization.
+
+    `ema_momentum` is the paper's GD+M (g ← γg + (1−γ)∇L; W ← W − ηg); `heavy_ball` and `nesterov`
+    are PyTorch's forms (b ← μb + ∇L). See :mod:`momentumlab.optim.momentum` for the conversion.
+    """
+
+    name: OptimizerName = "gd"
+    lr: float = Field(0.5, gt=0, description="η (or h for heavy ball)")
+    momentum: float = Field(0.0, ge=0, lt=1, description="γ / β / μ depending on the rule")
+
+    @model_validator(mode="after")
+    def _gd_has_no_momentum(self) -> OptimizerConfig:
+        if self.name == "gd" and self.momentum != 0:
+            raise ValueError(
+                f"momentum = {self.momentum} is not allowed with name = 'gd'; "
+                "use 'ema_momentum', 'heavy_ball' or 'nesterov'"
+            )
+        return self
 
 
 def ema_to_heavy_ball(lr: float, momentum: float) -> tuple[float, float]:

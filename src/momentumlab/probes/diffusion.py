@@ -27,7 +27,7 @@ Alignment a = ⟨θ, e1⟩²/‖θ‖² ∈ [0, 1]; a run *escapes* at the first
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -111,6 +111,16 @@ class StreamingPCA:
         top, low = float(self.eigenvalues[0]), float(self.eigenvalues[saddle])
         return math.sqrt(lr * top * low / (2 * (top - low) * (1 - momentum)))
 
+    def median_escape_displacement(self, lr: float, momentum: float, saddle: int = 1) -> float:
+        """u0 = median |Z| (:meth:`escape_scale`): the median run's ⟨θ, e1⟩ as the ODE takes it over."""
+        return MEDIAN_ABS_NORMAL * self.escape_scale(lr, momentum, saddle)
+
+    def ode_escape_start(self, lr: float, momentum: float, saddle: int = 1) -> Tensor:
+        """√(1 − u0²)·e_s + u0·e1 (u0 from :meth:`median_escape_displacement`): the unit vector from which
+        the ODE follows the median run out of the saddle e_{saddle+1}."""
+        start = self.median_escape_displacement(lr, momentum, saddle)  # u0
+        return math.sqrt(1 - start**2) * self.eigenvector(saddle) + start * self.eigenvector(0)
+
     def median_escape_step(self, lr: float, momentum: float, saddle: int = 1) -> float:
         """Predicted median escape step from the saddle e_{saddle+1} (exactly at it, zero velocity).
 
@@ -118,7 +128,7 @@ class StreamingPCA:
         t = log((1 − u0²)/u0²)/(2γ); t falls as |Z| grows, so the median step takes u0 = median |Z|.
         """
         gap = float(self.eigenvalues[0] - self.eigenvalues[saddle])  # λ1 − λs
-        start = MEDIAN_ABS_NORMAL * self.escape_scale(lr, momentum, saddle)  # u0
+        start = self.median_escape_displacement(lr, momentum, saddle)  # u0
         time = (1 - momentum) * math.log((1 - start**2) / start**2) / (2 * gap)  # t = log(·)/(2γ)
         return time / lr  # k = t/η
 
@@ -210,6 +220,18 @@ class Track:
     def spread(self, burn_in: int) -> Tensor:
         """Per run, the mean of 1 − a over the recorded steps ≥ burn_in: (runs,)."""
         return (1 - self.alignment[self.steps >= burn_in]).mean(0)
+
+
+def pool(tracks: Sequence[Track]) -> Track:
+    """Tracks of independent runs on the same record grid, as one track of all their runs (in order)."""
+    grids = {(len(t.alignment), t.record_every) for t in tracks}
+    if len(grids) != 1:
+        raise ValueError(f"tracks must share one record grid (records, record_every), got {sorted(grids)}")
+    return Track(
+        torch.cat([t.alignment for t in tracks], 1),
+        torch.cat([t.escape for t in tracks]),
+        tracks[0].record_every,
+    )
 
 
 def track(

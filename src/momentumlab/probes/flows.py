@@ -13,6 +13,9 @@ the momentum buffer fills (a few 1/(1 − β) steps) it falls behind the flow by
 So x_k ≈ x̃(kh − τ) to O(h²), and x_k − x̃(kh) ≈ −τ x̃'(kh) + O(h²): the distance at a fixed time is
 O(h²) only where the flow has (nearly) stopped moving, as on the toy loss at T = 1 where the flow
 has reached the valley of minima and only drifts along it at a speed of order h.
+
+:func:`order_study` measures these distances over a range of step sizes, and :func:`fitted_order` the
+order p of distance ∝ h^p from them.
 """
 
 from __future__ import annotations
@@ -106,6 +109,25 @@ def heavy_ball_iterates(
     return torch.stack([rows[k] for k in sorted(wanted)])
 
 
+def heavy_ball_paths(
+    batched_gradient: Callable[[Tensor], Tensor], start: Tensor, h: Tensor, beta: Tensor, steps: int
+) -> Tensor:
+    """Heavy ball for a batch of runs at once, every iterate kept: start (B, d), h and β of shape (B, 1),
+    `batched_gradient` maps (B, d) to the rows' ∇E → (steps + 1, B, d).
+
+    The same recursion as :func:`heavy_ball_iterates` with a closed-form gradient instead of autograd,
+    for many runs of a small problem; the two agree to rounding (they add the terms in another order).
+    """
+    path = torch.empty(steps + 1, *start.shape, dtype=start.dtype)
+    path[0] = previous = start
+    path[1] = current = start - h * batched_gradient(start)  # x_1 = x_0 − h∇E(x_0)
+    for k in range(2, steps + 1):
+        # x_{k+1} = x_k − h∇E(x_k) + β(x_k − x_{k−1})
+        current, previous = current - h * batched_gradient(current) + beta * (current - previous), current
+        path[k] = current
+    return path
+
+
 def integrate_flow(
     field: Field,
     x0: Tensor,
@@ -164,3 +186,68 @@ def distance_to_flow(
         raise ValueError("steps must start at 0 and match iterates row for row")
     flow = integrate_flow(field, iterates[0], (steps.double() * h).tolist(), rtol, atol)
     return FlowDistance(steps, (iterates - flow).norm(dim=1))
+
+
+@dataclass(frozen=True)
+class StepSizeDistances:
+    """Heavy ball at one step size h against its flows, over the horizon T = Kh."""
+
+    h: float
+    steps: int  # K
+    igr_m_horizon: float  # ‖x_K − x̃(T)‖ to the IGR-M flow
+    plain_horizon: float  # ‖x_K − x̃(T)‖ to the plain flow
+    igr_m_max: float  # max over k ≤ K of ‖x_k − x̃(kh)‖, IGR-M flow
+    plain_max: float  # the same for the plain flow
+    igr_m_lagged: float  # ‖x_K − x̃(T − τ)‖ to the IGR-M flow, τ the momentum time lag
+    lag_term: float  # τ‖x̃'(T)‖, the lag's predicted share of igr_m_horizon (velocity taken at x_K)
+
+
+def order_study(
+    loss: Loss,
+    start: Tensor,
+    step_sizes: Sequence[float],
+    horizon: float,
+    beta: float,
+    rtol: float = 1e-11,
+    atol: float = 1e-12,
+) -> list[StepSizeDistances]:
+    """Heavy ball (h, β) from `start` for K = round(T/h) steps against the IGR-M and plain flows, one row
+    per h in `step_sizes`; the flows are integrated with tolerances `rtol` and `atol`."""
+    rows = []
+    for h in step_sizes:
+        steps = round(horizon / h)
+        iterates = heavy_ball_iterates(loss, start, h, beta, steps)
+        igr_m, plain = igr_m_flow(loss, h, beta), plain_flow(loss, beta)
+        to_igr_m = distance_to_flow(igr_m, iterates, range(steps + 1), h, rtol, atol)
+        to_plain = distance_to_flow(plain, iterates, range(steps + 1), h, rtol, atol)
+        lag = momentum_time_lag(h, beta)  # τ = hβ/(1 − β)
+        lagged = integrate_flow(igr_m, start, [steps * h - lag], rtol, atol)[0]
+        rows.append(
+            StepSizeDistances(
+                h=h,
+                steps=steps,
+                igr_m_horizon=to_igr_m.horizon,
+                plain_horizon=to_plain.horizon,
+                igr_m_max=to_igr_m.max,
+                plain_max=to_plain.max,
+                igr_m_lagged=(iterates[-1] - lagged).norm().item(),
+                lag_term=lag * igr_m(iterates[-1]).norm().item(),
+            )
+        )
+    return rows
+
+
+def fitted_order(step_sizes: Sequence[float], distances: Sequence[float]) -> float:
+    """The order p of distance ∝ h^p: the least-squares slope of log(distance) against log(h)."""
+    return float(np.polyfit(np.log(step_sizes), np.log(distances), 1)[0])
+
+
+def solver_error(
+    loss: Loss, start: Tensor, h: float, horizon: float, beta: float, rtol: float = 1e-11, atol: float = 1e-12
+) -> float:
+    """‖x̃(T) − x̃_tight(T)‖ for the IGR-M flow, the second with tolerances 100× tighter: the share of the
+    ODE solver in a distance measured with `rtol` and `atol`."""
+    field = igr_m_flow(loss, h, beta)
+    default = integrate_flow(field, start, [horizon], rtol, atol)
+    tight = integrate_flow(field, start, [horizon], rtol / 100, atol / 100)
+    return (default - tight).norm().item()

@@ -1,13 +1,15 @@
 """Monte-Carlo smoothing over a ball: f̂_δ(x) = E_{u ~ unit ball} f(x − δu) (Sato & Iiduka, SPEC §3).
 
 In d dimensions almost all of the unit ball's volume lies near its surface (E‖u‖² = d/(d+2)), and a
-random direction meets the curvature of f on average: for a quadratic, f̂_δ = f + δ² tr(H)/(2(d+2)).
+random direction meets the curvature of f on average: for a quadratic, f̂_δ = f + δ² tr(H)/(2(d+2))
+(:func:`quadratic_lift`). Two views of the smoothing around a point: f̂_δ along a line through it
+(:func:`smoothed_line`) and the lift f̂_δ(x) − f(x) against δ (:func:`smoothing_lift`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,3 +63,46 @@ def smoothed_loss(
     return SmoothedValue(
         values.mean().item(), values.std().item() / math.sqrt(len(values)), len(values) * len(signs)
     )
+
+
+def smoothed_line(
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    point: torch.Tensor,
+    direction: torch.Tensor,
+    offsets: Sequence[float],
+    delta: float,
+    ball: torch.Tensor,
+) -> list[SmoothedValue]:
+    """f̂_δ(x + s·v) for each offset s along the direction v, with antithetic pairs ±u of `ball`.
+
+    The same draws serve every point (common random numbers), so the curve's shape is far more precise
+    than its level.
+    """
+    return [
+        smoothed_loss(loss, point + float(offset) * direction, delta, ball, antithetic=True)
+        for offset in offsets
+    ]
+
+
+def smoothing_lift(
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    point: torch.Tensor,
+    deltas: Sequence[float],
+    ball: torch.Tensor,
+) -> list[SmoothedValue]:
+    """f̂_δ(x) − f(x) for each δ (antithetic pairs ±u of `ball`), with the standard error of f̂_δ(x).
+
+    The pairs cancel the first-order term δ⟨∇f, u⟩, so what remains is the curvature's lift: about
+    :func:`quadratic_lift` near a minimum.
+    """
+    at_point = float(loss(point))
+    lifts = []
+    for delta in deltas:
+        value = smoothed_loss(loss, point, float(delta), ball, antithetic=True)
+        lifts.append(SmoothedValue(value.mean - at_point, value.standard_error, value.samples))
+    return lifts
+
+
+def quadratic_lift(delta: float, trace: float, dim: int) -> float:
+    """f̂_δ(x) − f(x) = δ² tr(H)/(2(d+2)) for a quadratic f with Hessian H in d dimensions."""
+    return delta**2 * trace / (2 * (dim + 2))

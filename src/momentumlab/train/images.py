@@ -33,24 +33,29 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from momentumlab.config import ConfigError, ImageRunConfig
+from momentumlab.config import ConfigError
 from momentumlab.data.corruption import corrupt_small_margin
 from momentumlab.data.images import ImageData, ImageSet, load_image_dataset
 from momentumlab.models.conv import SmallCNN
 from momentumlab.models.resnet import ResNet18
 from momentumlab.models.wide_resnet import WideResNet16
+from momentumlab.optim.graduated import GraduatedSchedule, epoch_settings
 from momentumlab.optim.lr_schedules import build_schedule
 from momentumlab.optim.momentum import build_optimizer
-from momentumlab.optim.schedules import GraduatedSchedule, epoch_settings
 from momentumlab.probes.curvature import model_hvp, top_eigenvalues
+from momentumlab.runs.record import RunRecord
+from momentumlab.seeds import initialization_seed, minibatch_order_seed
 from momentumlab.train.checkpoint import load_checkpoint, save_checkpoint
-from momentumlab.train.loop import RunRecord
+
+if TYPE_CHECKING:
+    from momentumlab.runs.image import ImageRunConfig
 
 Precision = Callable[[], contextlib.AbstractContextManager]
 
@@ -92,7 +97,7 @@ def build_image_model(
     """The model of `config`, initialized from the run's seed alone (same seed, same initial weights)."""
     spec = config.model
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed + 1_000_003)  # independent of the data stream
+        torch.manual_seed(initialization_seed(config.seed))
         if spec.name == "resnet18":
             return ResNet18(num_classes, in_channels, spec.norm)
         if spec.name == "wide_resnet16":
@@ -113,7 +118,9 @@ def epoch_batches(seed: int, epoch: int, n: int, batch_size: int | None) -> list
         return [None]
     if batch_size > n:
         raise ConfigError(f"train.batch_size = {batch_size} exceeds the {n} training images")
-    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_033 + epoch))
+    permutation = torch.randperm(
+        n, generator=torch.Generator().manual_seed(minibatch_order_seed(seed, epoch))
+    )
     return [permutation[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
@@ -216,7 +223,6 @@ def train_images(
     checkpoint_path: Path | None = None,
     progress: bool = False,
     on_step: Callable[[int], None] | None = None,
-    data_dir: Path | None = None,
 ) -> RunRecord:
     """Train one run of `config`, resuming from `checkpoint_path` when it holds a checkpoint.
 
@@ -236,7 +242,7 @@ def train_images(
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    data = build_image_data(config, data_dir)
+    data = build_image_data(config)
     train_inputs, test_inputs = standardize(
         torch.as_tensor(data.train.images, dtype=torch.float32),
         torch.as_tensor(data.test.images, dtype=torch.float32),
@@ -334,6 +340,7 @@ def train_images(
     bar.close()
     model.zero_grad(set_to_none=True)
     return RunRecord(
+        config=config,
         status=status,
         rows=rows,
         weights={name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
