@@ -212,9 +212,13 @@ def reproduce(
     for report in reports:
         typer.echo(f"{report.name}:")
         for claim in report.claims:
-            mark = "PASS" if claim.passed else "FAIL"
+            mark = {"passed": "PASS", "failed": "FAIL", "not resolved": "OPEN"}[claim.verdict]
+            interval = (
+                "" if claim.interval is None else f" in [{claim.interval[0]:.4g}, {claim.interval[1]:.4g}]"
+            )
             typer.echo(
-                f"  [{mark}] {claim.statement}: {claim.measured:.4g} ({claim.comparison} {claim.threshold:.4g})"
+                f"  [{mark}] {claim.statement}: {claim.measured:.4g}{interval} "
+                f"({claim.comparison} {claim.threshold:.4g})"
             )
             failed += not claim.passed
     typer.echo(f"report: {out / 'report.md'}")

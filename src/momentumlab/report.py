@@ -80,12 +80,13 @@ def save_figure(figure: plt.Figure, path: Path, dpi: int = 120) -> Path:
 
 def claims_table(claims: Sequence[Claim]) -> str:
     """Markdown table of claims with their measured values, verdicts and what each tests."""
-    lines = ["| claim | measured | threshold | verdict | tests |", "|---|---|---|---|---|"]
+    lines = ["| claim | measured | 95% interval | threshold | verdict | tests |", "|---|---|---|---|---|---|"]
+    verdicts = {"passed": "PASSED", "failed": "**FAILED**", "not resolved": "*not resolved*"}
     for claim in claims:
-        verdict = "PASSED" if claim.passed else "**FAILED**"
+        interval = "—" if claim.interval is None else f"[{claim.interval[0]:.4g}, {claim.interval[1]:.4g}]"
         lines.append(
-            f"| {claim.statement} (`{claim.id}`) | {claim.measured:.4g} | {claim.comparison} "
-            f"{claim.threshold:.4g} | {verdict} | {claim.reference} |"
+            f"| {claim.statement} (`{claim.id}`) | {claim.measured:.4g} | {interval} | {claim.comparison} "
+            f"{claim.threshold:.4g} | {verdicts[claim.verdict]} | {claim.reference} |"
         )
     return "\n".join(lines)
 

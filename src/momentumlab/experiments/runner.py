@@ -132,19 +132,21 @@ def reproduce(
     for reproduction in reproductions:
         resolve_settings(reproduction, options)
     reports = [run_reproduction(r, store, out_dir, options) for r in reproductions]
-    passed = sum(claim.passed for report in reports for claim in report.claims)
-    total = sum(len(report.claims) for report in reports)
-    overview = "\n".join(
-        f"- `{report.name}` ({report.title}): {sum(c.passed for c in report.claims)}/{len(report.claims)} "
-        "claims reproduced"
-        for report in reports
-    )
+    claims = [claim for report in reports for claim in report.claims]
+    overview = "\n".join(f"- `{report.name}` ({report.title}): {_tally(report.claims)}" for report in reports)
     write_report(
         out_dir / "report.md",
         "momentumlab reproduction report",
-        [f"{passed}/{total} claims reproduced.\n\n{overview}", *(report.section for report in reports)],
+        [f"{_tally(claims)}.\n\n{overview}", *(report.section for report in reports)],
     )
     atomic.write_json(
         out_dir / "claims.json", {report.name: [c.to_json() for c in report.claims] for report in reports}
     )
     return reports
+
+
+def _tally(claims: Sequence[Claim]) -> str:
+    """ "7/9 claims reproduced" (", 1 not resolved" when an interval straddles its threshold)."""
+    passed = sum(claim.verdict == "passed" for claim in claims)
+    open_ = sum(claim.verdict == "not resolved" for claim in claims)
+    return f"{passed}/{len(claims)} claims reproduced" + (f", {open_} not resolved" if open_ else "")
