@@ -154,7 +154,7 @@ def test_files_and_section_of_a_reproduction(tmp_path, store):
         "## A toy reproduction\n\nCommand: `momentumlab reproduce toy --scale smoke`."
     )
     assert "**Smoke scale**" in report.section and "2 points." in report.section
-    assert "| sum of x > 0 (`total-positive`) | 1 | > 0 | PASSED | Nobody (2024), Eq. (1)" in report.section
+    assert "| sum of x > 0 (`total-positive`) | 1 | — | > 0 | PASSED | Nobody (2024), Eq. (1)" in report.section
     assert "![x](toy/x.png)" in report.section
 
 
