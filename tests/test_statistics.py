@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from momentumlab.statistics import bootstrap_mean, paired_difference
 
@@ -14,18 +15,31 @@ def test_bootstrap_mean_equals_an_explicit_resampling_loop():
         draw = rng.integers(0, len(values), size=(1, len(values)))[0]
         means.append(sum(values[i] for i in draw) / len(values))
     means.sort()
+    tail = stats.norm.cdf(-math.sqrt(5 / 4) * stats.t.ppf(0.975, 4))  # the expanded interval's α′/2
     estimate = bootstrap_mean(values, resamples=2000, seed=0)
     assert estimate.mean == pytest.approx(sum(values) / 5)
-    assert estimate.low == pytest.approx(np.quantile(means, 0.025))
-    assert estimate.high == pytest.approx(np.quantile(means, 0.975))
+    assert estimate.low == pytest.approx(np.quantile(means, tail))
+    assert estimate.high == pytest.approx(np.quantile(means, 1 - tail))
     assert estimate.n == 5
 
 
+def test_width_matches_the_student_t_interval_for_few_normal_seeds():
+    rng = np.random.default_rng(3)
+    ratios = []
+    for trial in range(50):
+        sample = rng.normal(0.0, 1.0, size=6)
+        estimate = bootstrap_mean(sample, resamples=4000, seed=trial)
+        t_width = 2 * stats.t.ppf(0.975, 5) * sample.std(ddof=1) / math.sqrt(6)
+        ratios.append((estimate.high - estimate.low) / t_width)
+    assert 0.85 <= np.median(ratios) <= 1.1  # the plain percentile interval gives about 0.65 here
+
+
 def test_two_values_give_the_closed_form_interval():
-    # Resampled means of {0, 1} are 0, 1/2, 1 with probabilities 1/4, 1/2, 1/4: the 95% interval is [0, 1].
+    # Resampled means of {0, 1} are 0, 1/2, 1 with probabilities 1/4, 1/2, 1/4: the 95% interval is [0, 1];
+    # at 20% the expanded tail is Φ(−√2·t_{1, 0.6}) = 0.32 > 1/4, so both ends are 1/2.
     estimate = bootstrap_mean([0.0, 1.0])
     assert (estimate.low, estimate.mean, estimate.high) == (0.0, 0.5, 1.0)
-    narrow = bootstrap_mean([0.0, 1.0], confidence=0.4)
+    narrow = bootstrap_mean([0.0, 1.0], confidence=0.2)
     assert (narrow.low, narrow.high) == (0.5, 0.5)
 
 

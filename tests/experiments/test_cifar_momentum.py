@@ -115,14 +115,61 @@ def test_claims_are_the_final_tables_numbers(smoke):
     _, folder, _, _ = smoke
     final = read(folder / "out", "final")["test_accuracy"]
     claims = {c["id"]: c for c in json.loads((folder / "out" / "cifar-momentum" / "claims.json").read_text())}
-    assert len(claims) == 5
+    assert len(claims) == 9
     for model, dataset in (("ResNet-18", "CIFAR-100"), ("WRN-16-8", "CIFAR-10")):
-        claim = claims[f"gdm-above-gd-{model.lower()}-{dataset.lower()}"]
+        cell = f"{model.lower()}-{dataset.lower()}"
+        claim = claims[f"gdm-above-gd-{cell}"]
         gd, gdm = final.loc[(model, dataset, "GD")], final.loc[(model, dataset, "GD+M")]
         assert claim["measured"] == pytest.approx(gdm - gd) and claim["detail"]["GD"] == pytest.approx(gd)
         assert claim["detail"]["paper"] == cifar_momentum.PAPER[(model, dataset)]
+        # one seed: the interval is the single paired difference
+        assert claim["interval"] == pytest.approx([gdm - gd] * 2) and claim["detail"]["seeds"] == 1
+        gain = claims[f"gd-gain-above-sgd-gain-{cell}"]
+        sgd, sgdm = final.loc[(model, dataset, "SGD")], final.loc[(model, dataset, "SGD+M")]
+        expected = (gdm - gd) - (sgdm - sgd)
+        assert gain["measured"] == pytest.approx(expected) and gain["interval"] == pytest.approx(
+            [expected] * 2
+        )
+        assert gain["detail"]["SGD+M − SGD"] == pytest.approx(sgdm - sgd)
+        assert gain["verdict"] == ("passed" if expected > 0 else "failed")
+    paper = claims["gd-gain-above-sgd-gain-resnet-18-cifar-10"]["detail"]["paper (points)"]
+    assert paper == {"GD+M − GD": 8.85, "SGD+M − SGD": -0.24, "difference": 9.09}  # Figure 1's table
     lowest = read(folder / "out", "final")["train_accuracy"].min()
     assert claims["all-fit-train"]["measured"] == lowest and lowest < 0.99
+
+
+def test_gain_claim_pairs_seeds():
+    """Over three seeds the claim is the mean of the per-seed differences of gains, paired by seed, with the
+    bootstrap interval of those three values (hand-made final table)."""
+    rows = []
+    accuracy = {
+        "GD": [0.50, 0.60, 0.40],
+        "GD+M": [0.60, 0.62, 0.55],
+        "SGD": [0.7, 0.7, 0.7],
+        "SGD+M": [0.72, 0.69, 0.7],
+    }
+    for label, values in accuracy.items():
+        for seed, value in zip((2, 0, 1), values):
+            rows.append(
+                {
+                    "model": "WRN-16-8",
+                    "dataset": "CIFAR-100",
+                    "optimizer": label,
+                    "seed": seed,
+                    "test_accuracy": value,
+                }
+            )
+    tables = {"final": pd.DataFrame(rows)}
+    claim = cifar_momentum._gd_gain_above_sgd_gain("WRN-16-8", "CIFAR-100")(None, tables)
+    differences = [0.10 - 0.02, 0.02 + 0.01, 0.15 - 0.0]  # seeds 2, 0, 1
+    assert claim.measured == pytest.approx(np.mean(differences))
+    assert claim.interval == pytest.approx(
+        np.quantile(
+            np.asarray(differences)[np.random.default_rng(0).integers(0, 3, (10_000, 3))].mean(1),
+            [0.025, 0.975],
+        )
+    )
+    assert claim.verdict == "passed" and claim.detail["seeds"] == 3
 
 
 def test_set_minibatch_changes_only_the_minibatch_runs(smoke):
@@ -139,6 +186,7 @@ def test_figure_and_report(smoke):
     _, folder, report, _ = smoke
     assert (folder / "out" / "cifar-momentum" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "75.83" in report.section and "![accuracy](cifar-momentum/accuracy.png)" in report.section
+    assert "| ResNet-18 | CIFAR-10 | " in report.section and "(+9.09)" in report.section
     assert "ResNet-18 = small_cnn (norm none, width 8), WRN-16-8 = wide_resnet16 (norm none, k = 1)" in (
         report.section
     )

@@ -31,7 +31,16 @@ def smoke(tmp_path_factory: pytest.TempPathFactory):
     result = _run(tmp_path)
     folder = tmp_path / "out" / "diffusion"
     tables = {
-        name: _read(folder, name) for name in ("escape", "escape_runs", "paths", "spread", "spread_runs")
+        name: _read(folder, name)
+        for name in (
+            "escape",
+            "escape_runs",
+            "paths",
+            "spread",
+            "spread_runs",
+            "annealing",
+            "annealing_paths",
+        )
     }
     return result, folder, tables
 
@@ -47,7 +56,7 @@ def _lower_median(values: np.ndarray) -> float:
 def test_smoke_claims_are_the_old_codes_numbers(smoke):
     """The same draws in the same order as before the redesign (`test_diffusion_smoke`'s settings)."""
     result, _, _ = smoke
-    measured = {claim.id: claim.measured for claim in result.claims}
+    measured = {claim.id: claim.measured for claim in result.claims[:5]}
     assert measured == pytest.approx(
         {
             "escape-faster-with-momentum": 0.5058043117744611,
@@ -61,6 +70,7 @@ def test_smoke_claims_are_the_old_codes_numbers(smoke):
     claims = {claim.id: claim for claim in result.claims}
     assert claims["escape-faster-with-momentum"].detail == {"0.0": 603.0, "0.5": 305.0, "0.9": 59.0}
     assert all(claim.reference.startswith("Liu, Chen, Zhou & Zhao (2018)") for claim in result.claims)
+    assert len(result.claims) == 8  # the five above, then the three annealing claims
 
 
 def test_claims_recomputed_from_the_per_run_tables(smoke):
@@ -119,9 +129,37 @@ def test_predictions_and_the_ode_path_are_the_closed_forms(smoke):
         assert msgd["mean_alignment"].iloc[0] == 0.0  # every run starts exactly at e2
 
 
+def test_annealing_claims_are_the_paired_ratios_of_the_table(smoke):
+    """Each annealing claim is the mean over seeds of a variant's final spread over SGD's of the same seed,
+    with the bootstrap interval of those ratios; the smoke's numbers, and the predicted levels."""
+    result, _, tables = smoke
+    finals = tables["annealing"].pivot(index="seed", columns="variant", values="final_spread")
+    assert list(finals.index) == [0, 1, 2] and len(tables["annealing"]) == 12
+    claims = {claim.id: claim for claim in result.claims}
+    expected = {
+        "constant-momentum-hurts-final-accuracy": ("constant", 9.443794860292217, "passed"),
+        "step-annealed-restores-final-accuracy": ("step annealed", 1.0996827065605415, "passed"),
+        "momentum-annealed-restores-final-accuracy": ("momentum annealed", 1.0314813517720725, "passed"),
+    }
+    for claim_id, (variant, measured, verdict) in expected.items():
+        ratios = (finals[variant] / finals["SGD"]).to_numpy()
+        claim = claims[claim_id]
+        assert claim.measured == pytest.approx(ratios.mean(), rel=1e-12)
+        assert claim.measured == pytest.approx(measured, rel=1e-5)
+        resampled = ratios[np.random.default_rng(0).integers(0, 3, (10_000, 3))].mean(1)
+        assert claim.interval == pytest.approx(tuple(np.quantile(resampled, [0.025, 0.975])), rel=1e-12)
+        assert claim.verdict == verdict and claim.detail["seeds"] == 3
+    # annealed: SGD's level Σ ηλ1λj/(2(λ1 − λj)); constant: 1/(1 − μ) = 10 times it
+    assert claims["constant-momentum-hurts-final-accuracy"].detail[
+        "predicted ratio (constant: 1/(1−μ); annealed: 1)"
+    ] == pytest.approx(10.0)
+    # the anneal at ⌈3·(1 − 0.9)/(2·0.01·0.5)⌉ = 30 steps, 50 runs per seed
+    assert "step 30" in result.section and "50 runs start at e1" in result.section
+
+
 def test_smoke_writes_figures_and_the_report(smoke):
     result, folder, _ = smoke
-    for name in ("escape_times.png", "alignment_paths.png", "stationary_spread.png"):
+    for name in ("escape_times.png", "alignment_paths.png", "stationary_spread.png", "annealing.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(diffusion/{name})" in result.section
     assert "| 0.9 | 59 [43, 82], 1.0% never | 43 [33, 65], 1.0% never |" in result.section

@@ -89,3 +89,32 @@ def test_set_reaches_the_data(tmp_path, store):
     config = store.get(runs["run_id"][0]).config
     assert (config.data.small_margin_fraction, config.train.steps) == (0.2, 20)
     assert runs["small_margin_test_examples"][0] == int(build_data(config).test.is_small_margin.sum()) > 70
+
+
+def test_report_states_the_large_step_and_each_seeds_first_step(smoke):
+    """ηα³σ0 at η = 0.5, and c(1) = max_r |c_r(1)| recomputed from the stored step-1 rows."""
+    store, out, report = smoke
+    assert "η = 0.5, ηα³σ0 = 3.71" in report.section and "inside the theory" not in report.section
+    runs = pd.read_csv(out / "feature-margin" / "runs.csv")
+    for label in ("GD", "GD+M"):
+        (run_id,) = runs.query("optimizer == @label")["run_id"]
+        first = store.get(run_id).metrics().query("step == 1").iloc[0]
+        c1 = max(abs(first[f"signal_r{r}"]) for r in range(5))
+        assert f"{label}: {c1:.3g}" in report.section
+
+
+def test_curves_report_a_heavy_ball_buffer_in_the_ema_scale(tmp_path, store):
+    """With GD+M set to heavy ball (b ← γb + ∇), the curves hold (1−γ)·⟨b, w*⟩: the logged value rescaled."""
+    options = ReproductionOptions(
+        scale="smoke", overrides=("gdm.name=heavy_ball", "gdm.lr=0.005", "train.steps=20")
+    )
+    run_reproduction(feature_margin.REPRODUCTION, store, tmp_path, options)
+    curves = pd.read_csv(tmp_path / "feature-margin" / "curves.csv").query("optimizer == 'GD+M'")
+    runs = pd.read_csv(tmp_path / "feature-margin" / "runs.csv")
+    (run_id,) = runs.query("optimizer == 'GD+M'")["run_id"]
+    logged = store.get(run_id).metrics()
+    assert store.get(run_id).config.optimizer.name == "heavy_ball"
+    assert abs(logged["momentum_signal"]).max() > 0
+    for column in ("momentum_signal", "momentum_signal_r3"):
+        assert curves[column].tolist() == pytest.approx((0.01 * logged[column]).tolist(), rel=1e-12)
+    assert curves["gradient_signal"].tolist() == pytest.approx(logged["gradient_signal"].tolist(), rel=1e-12)

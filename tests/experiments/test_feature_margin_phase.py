@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 from momentumlab.config import ConfigError
 from momentumlab.experiments.feature_margin_phase import (
@@ -14,9 +15,11 @@ from momentumlab.experiments.feature_margin_phase import (
     Settings,
     _cell_means,
     _learning_rates_where_gd_learns,
+    separation_auc,
 )
 from momentumlab.experiments.runner import ReproductionOptions, resolve_settings, run_reproduction
 from momentumlab.store import RunStore
+from momentumlab.train.feature_margin import build_data, build_model
 
 NAME = "feature-margin-phase"
 # The old code's `--scale smoke --seeds 0,1 --set train.steps=60 --set data.n_train=600`, measured as below.
@@ -98,7 +101,8 @@ def small(tmp_path_factory):
 
 def test_smoke_measures_the_old_codes_numbers(small):
     report, folder = small
-    assert {claim.id: claim.measured for claim in report.claims} == OLD_CLAIMS
+    claims = {claim.id: claim.measured for claim in report.claims}
+    assert {claim: claims[claim] for claim in OLD_CLAIMS} == OLD_CLAIMS  # the new claim adds, changes nothing
     results = pd.read_csv(folder / "results.csv")
     assert set(results["train.steps"]) == {60} and set(results["data.n_train"]) == {600}  # --set reached
     measured = results.set_index(["optimizer.lr", "optimizer.momentum", "seed"])["train_loss"].to_dict()
@@ -126,8 +130,44 @@ def test_tuned_comparison_is_the_best_validation_setting(small):
 
 def test_figure_and_report(small):
     report, folder = small
-    (figure,) = report.figures
-    assert figure == folder / "phase.png"
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
+    assert report.figures == [folder / "phase.png", folder / "first_step.png"]
+    for figure in report.figures:
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
     assert "8 runs (2 η × 2 γ × 2 seeds), T = 60 steps" in report.section
     assert "**Finding.** GD (γ = 0)" in report.section and "Diverged (η, γ): none." in report.section
+
+
+def test_first_step_signal_is_one_hand_computed_gd_step(small):
+    """c(1) of each GD run against W(1) = W(0) − η∇L(W(0)) with autograd's gradient, in float64."""
+    report, folder = small
+    first = pd.read_csv(folder / "first_step.csv").set_index(["optimizer.lr", "seed"])["c1"]
+    assert len(first) == 4
+    for (lr, seed), measured in first.items():
+        config = report.settings.run_config(lr, 0.0, seed)
+        data = build_data(config)
+        weight = build_model(config).weight.detach().double().requires_grad_()
+        outputs = (data.train.inputs @ weight.T).pow(3).sum(dim=(1, 2))
+        loss = torch.nn.functional.softplus(-data.train.labels * outputs).mean()
+        (gradient,) = torch.autograd.grad(loss, weight)
+        expected = ((weight - lr * gradient) @ data.feature).abs().max().item()
+        assert measured == pytest.approx(expected, rel=1e-5)
+
+
+def test_first_step_claim_is_the_auc_of_the_tables(small):
+    report, folder = small
+    results, first = pd.read_csv(folder / "results.csv"), pd.read_csv(folder / "first_step.csv")
+    gd = results[results["optimizer.momentum"] == 0].merge(first, on=["optimizer.lr", "seed"])
+    learns = gd["test_accuracy_small"] >= 0.9
+    claim = next(claim for claim in report.claims if claim.id == "first-step-predicts-gd")
+    if learns.all() or not learns.any():
+        assert math.isnan(claim.measured) and claim.verdict == "failed"
+    else:
+        assert claim.measured == separation_auc(gd["c1"], learns)
+
+
+def test_separation_auc_by_hand():
+    scores = pd.Series([0.1, 0.5, 0.5, 2.0, 3.0])
+    positive = pd.Series([False, False, True, True, True])
+    # positives 0.5, 2, 3 against negatives 0.1, 0.5: 5 wins and one tie out of 6 pairs
+    assert separation_auc(scores, positive) == pytest.approx(5.5 / 6)
+    assert math.isnan(separation_auc(scores, pd.Series([True] * 5)))

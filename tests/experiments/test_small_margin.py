@@ -91,7 +91,7 @@ def test_settings_are_the_old_modules_run_configs():
             },
         }
     )
-    assert (digits.seeds, cifar.seeds) == ((0, 1, 2), (0, 1, 2, 3, 4))
+    assert (digits.seeds, cifar.seeds) == ((0, 1, 2, 3, 4, 5), (0, 1, 2, 3, 4))
     assert small_margin.DIGITS.single_thread and small_margin.DIGITS.cpu_sized
     assert not small_margin.CIFAR.cpu_sized
 
@@ -108,9 +108,12 @@ def test_digits_claims_are_the_old_codes_smoke_numbers(digits):
     # the old digits-small-margin with --seeds 0,1 --set train.epochs=40 --set data.train_size=300
     assert claims["gd-fits-train"]["measured"] == pytest.approx(0.46166667342185974, rel=1e-6)
     assert claims["gdm-fits-train"]["measured"] == pytest.approx(0.6550000011920929, rel=1e-6)
-    assert claims["gdm-ratio-above-gd"]["measured"] == pytest.approx(0.030694062285723578, rel=1e-4)
     detail = claims["gdm-ratio-above-gd"]["detail"]
+    # the old claim's value (difference of the mean ratios on the 10% split) is kept in the detail
+    split = detail["protocol split (10% of the test images corrupted), difference of mean ratios"]
+    assert split["difference"] == pytest.approx(0.030694062285723578, rel=1e-4)
     assert detail["seeds"] == 2 and detail["paper (CIFAR-10, Figure 4)"] == {"GD": 0.88, "GD+M": 0.97}
+    assert detail["held_out_images_per_seed"] == 360 and detail["paper effect"] == pytest.approx(0.09)
     assert all(claim["reference"].startswith("Jelassi & Li (2022), Figure 4") for claim in claims.values())
 
 
@@ -120,11 +123,20 @@ def test_digits_claims_are_the_final_tables_numbers(digits):
     ratio = final["test_accuracy_corrupted"] / final["test_accuracy_clean"]
     np.testing.assert_allclose(final["test_accuracy_ratio"], ratio, rtol=1e-6)
     claims = claims_of(out)
-    assert claims["gdm-ratio-above-gd"]["measured"] == pytest.approx(
-        ratio.loc["GD+M"].mean() - ratio.loc["GD"].mean(), rel=1e-5
+    split = claims["gdm-ratio-above-gd"]["detail"][
+        "protocol split (10% of the test images corrupted), difference of mean ratios"
+    ]
+    assert split["difference"] == pytest.approx(ratio.loc["GD+M"].mean() - ratio.loc["GD"].mean(), rel=1e-5)
+    held_out = pd.read_csv(out / "held_out.csv").set_index(["optimizer", "seed"])["held_out_ratio"]
+    differences = (held_out.loc["GD+M"] - held_out.loc["GD"]).to_numpy()
+    claim = claims["gdm-ratio-above-gd"]
+    assert claim["measured"] == pytest.approx(differences.mean(), rel=1e-9)
+    # two seeds: the bootstrap's resampled means are the two values and their mean
+    assert claim["interval"] == pytest.approx(sorted(differences), rel=1e-9)
+    assert claim["verdict"] == (
+        "passed" if min(differences) > 0 else "failed" if max(differences) <= 0 else "not resolved"
     )
-    above = (ratio.loc["GD+M"] > ratio.loc["GD"]).sum()
-    assert claims["gdm-ratio-above-gd"]["detail"]["seeds_where_gdm_above_gd"] == above
+    assert claim["detail"]["seeds_where_gdm_above_gd"] == (differences > 0).sum()
     assert claims["gd-fits-train"]["measured"] == pytest.approx(final.loc["GD", "train_accuracy"].mean())
 
 
@@ -149,6 +161,43 @@ def test_digits_final_accuracies_are_the_stored_weights_accuracies(digits):
         np.testing.assert_allclose(measured, expected, rtol=1e-6)
 
 
+def test_digits_held_out_accuracies_are_the_stored_weights_on_every_test_image(digits):
+    """The held-out table, recomputed by hand: all 360 test images as they are and each one corrupted by
+    the protocol's corruption (resolution halved, noise of variance 0.005) with the held-out stream."""
+    store, out, _ = digits
+    runs = pd.read_csv(out / "runs.csv")
+    held_out = pd.read_csv(out / "held_out.csv").set_index(["optimizer", "seed"])
+    for row in runs.itertuples():
+        run = store.get(row.run_id)
+        data = build_image_data(run.config)
+        clean_config = run.config.model_copy(
+            update={"data": run.config.data.model_copy(update={"corrupted_fraction": 0.0})}
+        )
+        clean = build_image_data(clean_config).test
+        assert not clean.is_corrupted.any() and len(clean) == 360
+        generator = torch.Generator().manual_seed(row.seed + 1_000_039)
+        torch.randperm(360, generator=generator)  # corrupt_small_margin's choice of images: all 360
+        blocks = (
+            torch.nn.functional.avg_pool2d(clean.images, 2).repeat_interleave(2, 2).repeat_interleave(2, 3)
+        )
+        corrupted = (blocks + torch.randn(blocks.shape, generator=generator) * 0.005**0.5).clamp(0, 1)
+        mean, std = data.train.images.mean(), data.train.images.std()
+        model = build_image_model(run.config, 1, 8, data.num_classes)
+        model.load_state_dict(run.load_weights())
+        with torch.no_grad():
+            right = [
+                model((images - mean) / std).argmax(1) == clean.labels for images in (clean.images, corrupted)
+            ]
+        clean_accuracy, corrupted_accuracy = (r.double().mean().item() for r in right)
+        measured = held_out.loc[(row.optimizer, row.seed)]
+        assert measured["held_out_images"] == 360
+        np.testing.assert_allclose(
+            measured[["held_out_clean_accuracy", "held_out_corrupted_accuracy", "held_out_ratio"]],
+            [clean_accuracy, corrupted_accuracy, corrupted_accuracy / clean_accuracy],
+            rtol=1e-9,
+        )
+
+
 def test_digits_set_reaches_a_setting(tmp_path, digits):
     _, out, _ = digits
     options = replace(DIGITS, seeds=(0,), overrides=("train.epochs=20", "gdm.momentum=0.5"))
@@ -163,10 +212,15 @@ def test_digits_set_reaches_a_setting(tmp_path, digits):
 
 def test_digits_figure_and_report(digits):
     _, out, report = digits
-    assert (out / "small_margin.png").read_bytes()[:8] == PNG and report.figures == [out / "small_margin.png"]
+    assert report.figures == [out / "small_margin.png", out / "held_out.png"]
+    assert all(path.read_bytes()[:8] == PNG for path in report.figures)
+    assert "![held out](digits-small-margin/held_out.png)" in report.section
     assert "![small margin](digits-small-margin/small_margin.png)" in report.section
-    assert "Images: 300 train, 360 test, 10% of each corrupted; model small_cnn" in report.section
+    assert "Images: 300 train, 360 test, 10% of each corrupted; held-out set: every one of the 360" in (
+        report.section
+    )
     assert "| GD+M | " in report.section and "80.36/83.32 = 0.97" in report.section
+    assert "half-width" in report.section and "1.96·0.030/√6 = 0.024" in report.section
 
 
 def test_cifar_claims_are_the_old_codes_smoke_numbers(cifar):
@@ -174,7 +228,17 @@ def test_cifar_claims_are_the_old_codes_smoke_numbers(cifar):
     claims = claims_of(out)
     # the old cifar-small-margin --scale smoke with data.train_size=16, data.test_size=16 and no sharpness
     assert claims["gd-fits-train"]["measured"] == 0.3125 and claims["gdm-fits-train"]["measured"] == 0.1875
-    assert claims["gdm-ratio-above-gd"]["measured"] == pytest.approx(-3.4999998435378146, rel=1e-6)
+    detail = claims["gdm-ratio-above-gd"]["detail"]
+    split = detail["protocol split (10% of the test images corrupted), difference of mean ratios"]
+    assert split["difference"] == pytest.approx(-3.4999998435378146, rel=1e-6)  # the old claim's value
+    # all 16 test images clean and corrupted: GD classifies 3 of each, GD+M 1 of each, so both ratios are 1
+    held_out = pd.read_csv(out / "held_out.csv").set_index("optimizer")
+    np.testing.assert_allclose(held_out["held_out_clean_accuracy"], [3 / 16, 1 / 16], rtol=1e-12)
+    np.testing.assert_allclose(held_out["held_out_corrupted_accuracy"], [3 / 16, 1 / 16], rtol=1e-12)
+    assert (
+        claims["gdm-ratio-above-gd"]["measured"] == 0.0
+        and claims["gdm-ratio-above-gd"]["verdict"] == "failed"
+    )
     final = pd.read_csv(out / "final.csv").set_index("optimizer")
     np.testing.assert_allclose(final["train_loss"], [2.22617602348327637, 2.29187512397766113], rtol=1e-5)
     # 16 images each, round(0.1·16) = 2 corrupted: GD classifies 1 of the 2 corrupted and 2 of the 14 clean

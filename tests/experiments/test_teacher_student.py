@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -74,7 +75,35 @@ def test_claims_are_the_lowest_train_accuracy_and_the_largest_mean_gain(tiny):
         gains = 100 * (accuracy[momentum] - accuracy[plain])  # one seed: the mean is the gain
         assert claims[no_better].measured == pytest.approx(gains.max(), abs=1e-9)
         assert claims[no_better].detail["cell of the largest gain"] == " / ".join(gains.idxmax())
+        # one seed: every cell's interval is its gain, so the claim's interval is the largest gain twice
+        assert claims[no_better].interval == pytest.approx((gains.max(), gains.max()), abs=1e-9)
+        assert claims[no_better].detail["seeds"] == 1 and claims[fit].interval is None
     assert all("Jelassi & Li" in claim.reference for claim in report.claims)
+
+
+def test_no_better_interval_is_the_largest_ends_of_the_cells_intervals():
+    """Three seeds, two cells (hand-made final table): per cell the bootstrap interval of the seed-paired
+    gains; the claim's interval is (largest lower end, largest upper end), its value the largest mean."""
+    accuracy = {  # (student, teacher) → optimizer → test accuracy per seed 0, 1, 2
+        ("1-MLP", "Linear"): {"GD": [0.80, 0.82, 0.81], "GD+M": [0.83, 0.81, 0.84]},
+        ("2-CNN", "1-CNN"): {"GD": [0.70, 0.70, 0.70], "GD+M": [0.70, 0.74, 0.71]},
+    }
+    rows = [
+        {"student": s, "teacher": t, "optimizer": label, "seed": seed, "test_accuracy": value}
+        for (s, t), cell in accuracy.items()
+        for label, values in cell.items()
+        for seed, value in enumerate(values)
+    ]
+    no_better = next(c for c in REPRODUCTION.claims if "no_better" in c.__qualname__)  # GD vs GD+M
+    claim = no_better(None, {"final": pd.DataFrame(rows)})
+    resample = np.random.default_rng(0).integers(0, 3, (10_000, 3))
+    ends = [
+        np.quantile(np.asarray(gains)[resample].mean(1), [0.025, 0.975])
+        for gains in ([3.0, -1.0, 3.0], [0.0, 4.0, 1.0])  # points, seeds 0–2
+    ]
+    assert claim.measured == pytest.approx(5 / 3)
+    assert claim.interval == pytest.approx((max(e[0] for e in ends), max(e[1] for e in ends)), abs=1e-9)
+    assert claim.verdict == "not resolved"  # the 2-CNN cell's interval reaches 4 > 2
 
 
 def test_a_batched_run_matches_the_single_run_trainer(tiny):

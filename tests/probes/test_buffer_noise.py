@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from momentumlab.data.landscapes import NoisyQuadratic
-from momentumlab.probes.buffer_noise import BufferStatistics, ema_variance_ratio, simulate_buffers
+from momentumlab.probes.buffer_noise import (
+    BufferStatistics,
+    ema_variance_ratio,
+    simulate_buffers,
+    start_bias,
+    start_transient,
+    start_variance_ratio,
+)
 
 
 def _small_problem() -> NoisyQuadratic:
@@ -116,3 +123,78 @@ def test_simulate_refuses_a_single_chain():
     problem = _small_problem()
     with pytest.raises(ValueError, match="chains = 1"):
         simulate_buffers(problem, (0.5,), 0.0, torch.ones(3, dtype=torch.float64), 1, 0, 5, torch.Generator())
+
+
+def test_first_gradient_start_is_torch_sgd_with_dampening():
+    """`torch.optim.SGD(momentum=β, dampening=β)` sets its buffer to the first gradient, then averages like
+    the EMA: the recursion behind the "first gradient" start. The EMA from zero is (1−β)·PyTorch's
+    undamped heavy-ball buffer, and the two starts differ by β^{t+1}ĝ_0."""
+    beta, gradients = 0.8, torch.randn(5, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    parameter = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    damped = torch.optim.SGD([parameter], lr=0.1, momentum=beta, dampening=beta)
+    first, zero = None, torch.zeros(4, dtype=torch.float64)
+    for t, gradient in enumerate(gradients):
+        parameter.grad = gradient.clone()
+        damped.step()
+        first = gradient.clone() if first is None else beta * first + (1 - beta) * gradient
+        zero = beta * zero + (1 - beta) * gradient
+        torch.testing.assert_close(damped.state[parameter]["momentum_buffer"], first, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(first - zero, beta ** (t + 1) * gradients[0], rtol=1e-12, atol=1e-14)
+
+
+def test_start_closed_forms_are_the_weighted_sums():
+    """Bias and Cov/Σ of each start from the explicit weights of g_t on ĝ_0 … ĝ_t."""
+    for beta in (0.5, 0.9):
+        for t in (0, 1, 7, 30):
+            weights = (1 - beta) * beta ** torch.arange(t, -1, -1, dtype=torch.float64)  # on ĝ_0 … ĝ_t
+            assert start_bias(beta, t, "zero") == pytest.approx(1 - float(weights.sum()), rel=1e-12)
+            assert start_variance_ratio(beta, t, "zero") == pytest.approx(
+                float((weights**2).sum()), rel=1e-12
+            )
+            weights[0] = beta**t  # g_0 = ĝ_0 carries β^t at step t
+            assert start_bias(beta, t, "first gradient") == 0.0 and float(weights.sum()) == pytest.approx(1.0)
+            assert start_variance_ratio(beta, t, "first gradient") == pytest.approx(
+                float((weights**2).sum()), rel=1e-12
+            )
+
+
+def test_start_transient_matches_a_recorded_history_and_the_closed_forms():
+    """The statistics from a hand-run history of both buffers on the same draws; with 4000 chains, the
+    zero start's bias and both variances within sampling error of the closed forms."""
+    problem, betas, chains, steps = _small_problem(), (0.5, 0.9), 5, 4
+    point = torch.ones(problem.dim, dtype=torch.float64)
+    result = start_transient(problem, betas, point, chains, steps, torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(2)
+    mean_gradient = problem.gradient(point)
+    whitening = torch.linalg.inv(problem.noise_factor)
+    history: dict[tuple[str, int], torch.Tensor] = {}  # (start, β index) → that buffer, (chains, d)
+    for t in range(steps):
+        gradient = mean_gradient + problem.noise((len(betas), chains), generator)  # ĝ_t, same draw order
+        for i, beta in enumerate(betas):
+            if t == 0:
+                history["zero", i], history["first gradient", i] = (1 - beta) * gradient[i], gradient[i]
+            else:
+                for start in ("zero", "first gradient"):
+                    history[start, i] = beta * history[start, i] + (1 - beta) * gradient[i]
+            for start in ("zero", "first gradient"):
+                buffer, (bias, variance) = history[start, i], result[start]
+                expected_bias = (buffer.mean(0) - mean_gradient).norm() / mean_gradient.norm()
+                whitened = (buffer - buffer.mean(0)) @ whitening.T
+                expected_variance = torch.trace(whitened.T @ whitened) / ((chains - 1) * problem.dim)
+                assert float(bias[i, t]) == pytest.approx(float(expected_bias), rel=1e-12)
+                assert float(variance[i, t]) == pytest.approx(float(expected_variance), rel=1e-12)
+    large = start_transient(problem, (0.9,), point, 4000, 12, torch.Generator().manual_seed(0))
+    for start in ("zero", "first gradient"):
+        bias, variance = (values[0] for values in large[start])
+        predicted = torch.tensor(
+            [start_variance_ratio(0.9, t, start) for t in range(12)], dtype=torch.float64
+        )
+        assert ((variance / predicted - 1).abs() < 0.08).all()  # sd of a variance from 4000 chains: ~2%
+    # the mean over chains of g_t misses E[g_t] by ~√(tr Cov(g_t)/chains) = √(r_t tr Σ/4000): the noise floor
+    trace, norm = float(torch.trace(problem.noise_covariance)), float(problem.gradient(point).norm())
+    for start in ("zero", "first gradient"):
+        ratios = torch.tensor([start_variance_ratio(0.9, t, start) for t in range(12)], dtype=torch.float64)
+        floor = (ratios * trace / 4000).sqrt() / norm
+        predicted = torch.tensor([start_bias(0.9, t, start) for t in range(12)], dtype=torch.float64)
+        assert ((large[start][0][0] - predicted).abs() < 4 * floor).all()
+    assert float(large["zero"][0][0, 0]) == pytest.approx(0.9, abs=0.01)  # the zero start's bias β at t = 0

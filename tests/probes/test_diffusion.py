@@ -17,6 +17,7 @@ from momentumlab.probes.diffusion import (
     normalize,
     ode_alignment,
     pool,
+    scheduled_msgd,
     sde,
     track,
 )
@@ -40,6 +41,32 @@ def test_batched_msgd_equals_a_per_run_loop():
     current = [[v / math.sqrt(sum(c * c for c in row)) for v in row] for row in start.tolist()]
     previous = [row[:] for row in current]
     for k in range(steps):
+        x = problem.sample(runs, generator).tolist()
+        for r in range(runs):
+            projection = sum(a * b for a, b in zip(x[r], current[r]))  # xᵀθ
+            step = [
+                c + lr * xi * projection + momentum * (c - p)
+                for c, xi, p in zip(current[r], x[r], previous[r])
+            ]
+            norm = math.sqrt(sum(v * v for v in step))
+            previous[r], current[r] = current[r], [v / norm for v in step]
+        torch.testing.assert_close(batched[k], torch.tensor(current, dtype=torch.float64), **TIGHT)
+
+
+def test_scheduled_msgd_equals_a_per_run_loop_through_the_anneal():
+    """(η, μ) = (0.05, 0.7) for steps 0–4, then (0.02, 0.0): the batched iterates are the plain loop's, the
+    velocity θ_k − θ_{k−1} carried into the anneal (and dropped by μ = 0)."""
+    problem, runs, steps = _problem(), 2, 12
+    schedule = lambda k: (0.05, 0.7) if k < 5 else (0.02, 0.0)
+    start = torch.randn(runs, problem.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    batched = torch.stack(
+        list(islice(scheduled_msgd(problem, start, schedule, torch.Generator().manual_seed(4)), steps))
+    )
+    generator = torch.Generator().manual_seed(4)
+    current = [[v / math.sqrt(sum(c * c for c in row)) for v in row] for row in start.tolist()]
+    previous = [row[:] for row in current]
+    for k in range(steps):
+        lr, momentum = schedule(k)
         x = problem.sample(runs, generator).tolist()
         for r in range(runs):
             projection = sum(a * b for a, b in zip(x[r], current[r]))  # xᵀθ

@@ -14,10 +14,13 @@ from momentumlab.data.digits import load_digits_dataset
 from momentumlab.models.conv import SmallCNN
 from momentumlab.optim import GD, EMAMomentum, HeavyBall
 from momentumlab.probes.noise import (
+    finite_population_noise,
     flat_model_loss,
     full_gradient,
     gradient_statistics,
+    minibatch_noise_norms,
     momentum_factor,
+    per_sample_gradients,
     search_direction,
     search_noise,
     smoothing_degree,
@@ -112,6 +115,9 @@ def test_gradient_statistics_equal_a_loop_over_examples():
     mean = per_example.mean(0)
     variance = ((per_example - mean) ** 2).sum(1).mean().item()  # (1/N) Σ ‖∇f_i − ∇f‖²
     statistics = gradient_statistics(loss, point, inputs, labels, chunk_size=16)
+    torch.testing.assert_close(
+        per_sample_gradients(loss, point, inputs, labels, chunk_size=16), per_example, rtol=1e-4, atol=1e-6
+    )
     torch.testing.assert_close(statistics.full_gradient, mean.float(), rtol=1e-5, atol=1e-7)
     assert statistics.variance == pytest.approx(variance, rel=1e-5)
     assert statistics.gradient_norm == pytest.approx(mean.norm().item(), rel=1e-5)
@@ -135,6 +141,17 @@ def test_minibatch_noise_averages_to_the_finite_population_variance():
     ]
     expected = statistics.variance / b * (count - b) / (count - 1)
     assert sum(squared) / len(squared) == pytest.approx(expected, rel=1e-4)
+    assert finite_population_noise(statistics.variance, b, count) == pytest.approx(expected, rel=1e-12)
+    # drawn minibatches: the mean of ‖ω‖² over 4000 draws is within 3 standard errors of the exact mean
+    gradients = per_sample_gradients(loss, point, inputs, labels)
+    norms = minibatch_noise_norms(gradients, b, 4000, torch.Generator().manual_seed(0))
+    squares = norms**2
+    assert abs(squares.mean().item() - expected) < 3 * squares.std().item() / math.sqrt(len(squares))
+    # b = N is the full batch: no noise; b = 1 without replacement gives C²
+    assert minibatch_noise_norms(gradients, count, 3, torch.Generator()).max().item() < 1e-6
+    assert finite_population_noise(statistics.variance, 1, count) == pytest.approx(statistics.variance)
+    with pytest.raises(ValueError, match="batch_size=9"):
+        minibatch_noise_norms(gradients, 9, 3, torch.Generator())
 
 
 def test_smoothing_degree_by_hand():

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
 from momentumlab.data.feature_margin import FeatureMarginDataConfig, make_feature_margin_data
+from momentumlab.optim.momentum import OptimizerConfig, build_optimizer
 from momentumlab.probes.projections import (
     MEMORIZATION_THRESHOLD,
+    ema_scale,
     feature_margin_measurements,
     group_accuracies,
+    in_ema_scale,
     total_noise,
 )
+from momentumlab.runs.feature_margin import FeatureMarginRunConfig
+from momentumlab.train.feature_margin import train_feature_margin
 
 M, D, P = 4, 8, 3
 CONFIG = FeatureMarginDataConfig(
@@ -216,3 +222,60 @@ def test_means_are_float64_exact(setup):
     overall, _, _ = _loop_accuracies(_loop_outputs(weight, data.train), data.train)
     assert row["noise_memorization_small"] == pytest.approx(sum(memorization) / len(memorization), rel=1e-12)
     assert row["train_accuracy"] == pytest.approx(overall, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["heavy_ball", "nesterov"])
+def test_in_ema_scale_turns_a_summed_buffer_into_the_ema_buffer(setup, name):
+    """Two steps with gradients ∇1, ∇2: the rule's buffer b = γ∇1 + ∇2 is logged as is; in EMA scale it is
+    g = (1−γ)(γ∇1 + ∇2), the EMA optimizer's buffer after the same gradients, computed by hand."""
+    data, weight, gradient, _ = setup
+    gamma, second = 0.9, gradient.flip(0)
+    rows = {}
+    for rule in ("ema_momentum", name):
+        config = OptimizerConfig(name=rule, lr=0.1, momentum=gamma)
+        parameter = torch.nn.Parameter(weight.clone())
+        optimizer = build_optimizer(config, [parameter])
+        for step_gradient in (gradient, second):
+            parameter.grad = step_gradient.clone()
+            optimizer.step()
+        buffer = optimizer.state[parameter]["momentum_buffer"]
+        row = feature_margin_measurements(weight, data, second, buffer)
+        rows[rule] = in_ema_scale(pd.DataFrame([row]), config).iloc[0]
+    feature = data.feature
+    by_hand = [
+        (1 - gamma) * (gamma * _dot(g1, feature.tolist()) + _dot(g2, feature.tolist()))
+        for g1, g2 in zip(gradient.tolist(), second.tolist())
+    ]
+    best = int((weight @ feature).argmax())
+    assert rows[name]["momentum_signal"] == pytest.approx(by_hand[best], **TIGHT)
+    assert rows["ema_momentum"]["momentum_signal"] == pytest.approx(by_hand[best], **TIGHT)
+    for r in range(M):
+        assert rows[name][f"momentum_signal_r{r}"] == pytest.approx(by_hand[r], **TIGHT)
+    assert rows[name]["gradient_signal"] == rows["ema_momentum"]["gradient_signal"]  # only Ĝ is rescaled
+
+
+def test_ema_scale_of_each_rule():
+    assert ema_scale(OptimizerConfig(name="gd", lr=0.1)) == 1.0
+    assert ema_scale(OptimizerConfig(name="ema_momentum", lr=0.1, momentum=0.99)) == 1.0
+    assert ema_scale(OptimizerConfig(name="heavy_ball", lr=0.1, momentum=0.99)) == pytest.approx(0.01)
+    assert ema_scale(OptimizerConfig(name="nesterov", lr=0.1, momentum=0.9)) == pytest.approx(0.1)
+
+
+def test_heavy_ball_run_in_ema_scale_logs_the_equivalent_ema_runs_projection():
+    """Heavy ball (h = η(1−γ), μ = γ) and EMA momentum (η, γ) take identical steps; their logged Ĝ differ
+    by 1/(1−γ) and agree once the heavy-ball rows are put in the EMA scale."""
+    lr, gamma = 0.5, 0.9
+    base = {"data": {"n_train": 40, "n_test": 10, "n_val": 0}, "train": {"steps": 6, "log_every": 2}}
+    ema = FeatureMarginRunConfig.model_validate(
+        {**base, "optimizer": {"name": "ema_momentum", "lr": lr, "momentum": gamma}}
+    )
+    heavy = FeatureMarginRunConfig.model_validate(
+        {**base, "optimizer": {"name": "heavy_ball", "lr": lr * (1 - gamma), "momentum": gamma}}
+    )
+    ema_rows = train_feature_margin(ema).metrics()
+    heavy_rows = train_feature_margin(heavy).metrics()
+    assert heavy_rows["signal_max"].tolist() == pytest.approx(ema_rows["signal_max"].tolist(), rel=1e-5)
+    assert abs(heavy_rows["momentum_signal"].iloc[-1]) > 5 * abs(ema_rows["momentum_signal"].iloc[-1])
+    rescaled = in_ema_scale(heavy_rows, heavy.optimizer)
+    for column in ["momentum_signal", *(f"momentum_signal_r{r}" for r in range(5))]:
+        assert rescaled[column].tolist() == pytest.approx(ema_rows[column].tolist(), rel=1e-4, abs=1e-9)

@@ -13,6 +13,11 @@ for every μ, many independent runs in one batched computation per setting.
   from the median noise-driven displacement |Z| of the linearized SDE.
 - *Stationary spread*: runs start at e1 and E[1 − a] is averaged over the runs and over the steps after
   a burn-in; predicted Σ_{j≥2} ηλ1λj/(2(λ1 − λj)(1 − μ)) (:meth:`StreamingPCA.stationary_spread`).
+- *Annealing*: runs start at e1 with the largest μ and, after they reach its stationary spread, either
+  keep (η, μ), anneal the step to η(1 − μ), or anneal the momentum to 0; plain SGD at η runs beside
+  them. The final E[1 − a] (over the runs and the last stretch of steps) of each is compared with
+  SGD's, seed by seed: every variant of one seed draws the same samples x_k (common random numbers),
+  so the ratios are paired.
 
 Simulations run in float32: on a CPU float32 normals are drawn ~5× faster than float64 ones, and its
 precision (~1e-7) is far finer than every statistic here (E[1 − a] ≥ 1e-3, alignments to ½).
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -36,14 +42,34 @@ from pydantic import Field, field_validator
 
 from momentumlab.claims import Claim
 from momentumlab.experiments.reproduction import Reproduction, ReproductionSettings, Seeds, Tables, read_prose
-from momentumlab.probes.diffusion import StreamingPCA, Track, msgd, ode_alignment, pool, sde, track
+from momentumlab.probes.diffusion import (
+    StreamingPCA,
+    Track,
+    msgd,
+    ode_alignment,
+    pool,
+    scheduled_msgd,
+    sde,
+    track,
+)
 from momentumlab.report import markdown_table, save_figure
+from momentumlab.statistics import bootstrap_mean
 from momentumlab.store import RunStore
 
 SADDLE = 1  # start at e2: e1 is its only escape direction, with rate (λ1 − λ2)/(1 − μ)
 ESCAPE_AGREEMENT = 0.25  # MSGD vs SGD at η/(1−μ)
 SDE_AGREEMENT = 0.30
 SPREAD_AGREEMENT = 0.30
+RESTORED = 1 + SPREAD_AGREEMENT  # annealed final spread at most this many times SGD's
+ANNEALING_STREAM = 1_000_000  # the annealing runs of seed s draw from seed s + this (not the others' stream)
+# annealing variant → its (η, μ) after the anneal, as factors of (η, μ); SGD runs at (η, 0) throughout
+ANNEALED = {"constant": (1.0, 1.0), "step annealed": (None, 1.0), "momentum annealed": (1.0, 0.0)}
+ANNEALING_COLORS = {
+    "SGD": "black",
+    "constant": "#d1495b",
+    "step annealed": "#00798c",
+    "momentum annealed": "#edae49",
+}
 KINDS = {"msgd": "MSGD at η", "sgd": "SGD at η/(1−μ)", "sde": "SDE", "ode": "ODE from median |Z|"}
 COLORS = ("#d1495b", "#edae49", "#00798c")  # one per μ, repeated beyond three
 LINESTYLES = {"msgd": "-", "sgd": "--", "sde": ":"}
@@ -65,6 +91,8 @@ class Settings(ReproductionSettings):
     sde_step: float = Field(0.01, gt=0)  # Euler–Maruyama dt/(1 − μ) in t = ηk: γ dt = (λ1 − λ2)·0.01
     burn_in: float = Field(5.0, ge=0)  # in relaxation times (1 − μ)/(2η(λ1 − λ2)) of the slowest E[w_j²]
     stationary_length: float = Field(10.0, gt=0)  # recorded relaxation times after the burn-in
+    annealing_seeds: Seeds = (0, 1, 2, 3, 4)  # the annealing runs' seeds, each a paired comparison
+    annealing_runs: int = Field(200, ge=1)  # per annealing seed and variant, from the optimum
 
     @classmethod
     def smoke(cls) -> Settings:
@@ -77,6 +105,8 @@ class Settings(ReproductionSettings):
             sde_step=0.02,
             burn_in=3.0,
             stationary_length=4.0,
+            annealing_seeds=(0, 1, 2),
+            annealing_runs=50,
         )
 
     @field_validator("eigenvalues")
@@ -222,7 +252,62 @@ def measure(settings: Settings, store: RunStore) -> Tables:
         "paths": pd.concat(paths, ignore_index=True),
         "spread": pd.DataFrame(spread_rows),
         "spread_runs": pd.concat(spread_runs, ignore_index=True),
+        **measure_annealing(settings),
     }
+
+
+def annealing_schedules(settings: Settings) -> tuple[dict[str, Callable[[int], tuple[float, float]]], int]:
+    """{variant: k → (η_k, μ_k)} and the anneal step K1: the variants run (η, μ) with μ the largest momentum
+    for K1 = burn_in relaxation times of that μ, then their annealed (η, μ); SGD runs (η, 0) throughout."""
+    eta, mu = settings.lr, max(settings.momenta)
+    gap = float(settings.problem().eigenvalues[0] - settings.problem().eigenvalues[SADDLE])
+    anneal_at = math.ceil(settings.burn_in * (1 - mu) / (2 * eta * gap))
+    schedules = {"SGD": lambda step: (eta, 0.0)}
+    for variant, (lr_factor, momentum_factor) in ANNEALED.items():
+        after = (eta * (1 - mu) if lr_factor is None else eta * lr_factor, mu * momentum_factor)
+        schedules[variant] = lambda step, after=after: (eta, mu) if step < anneal_at else after
+    return schedules, anneal_at
+
+
+def measure_annealing(settings: Settings) -> Tables:
+    """Every annealing variant and SGD from e1 for each annealing seed: per seed the final E[1 − a] (mean over
+    runs and over the last `stationary_length` relaxation times of SGD at η), and the mean path."""
+    problem, eta = settings.problem(), settings.lr
+    gap = float(problem.eigenvalues[0] - problem.eigenvalues[SADDLE])
+    schedules, anneal_at = annealing_schedules(settings)
+    relaxation = 1 / (2 * eta * gap)  # SGD at η (and the step-annealed run): the slowest after the anneal
+    length = anneal_at + (settings.burn_in + settings.stationary_length) * relaxation
+    steps, every = _record_grid(length, settings.records)
+    window = steps - settings.stationary_length * relaxation  # the final stretch: steps ≥ window
+    start = problem.eigenvector(0).expand(settings.annealing_runs, -1)
+    finals, paths = [], []
+    for variant, schedule in schedules.items():
+        tracks = []
+        for seed in settings.annealing_seeds:
+            generator = torch.Generator().manual_seed(
+                seed + ANNEALING_STREAM
+            )  # the same x_k for every variant
+            tracks.append(
+                track(problem, start, scheduled_msgd(problem, start, schedule, generator), steps, every)
+            )
+            finals.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "final_spread": float(tracks[-1].spread(window).double().mean()),
+                }
+            )
+        pooled = pool(tracks)
+        paths.append(
+            pd.DataFrame(
+                {
+                    "variant": variant,
+                    "step": pooled.steps.double().numpy(),
+                    "mean_spread": (1 - pooled.alignment.double()).mean(1).numpy(),
+                }
+            )
+        )
+    return {"annealing": pd.DataFrame(finals), "annealing_paths": pd.concat(paths, ignore_index=True)}
 
 
 def _by_momentum(table: pd.DataFrame, kind: str, column: str) -> dict[float, float]:
@@ -331,12 +416,71 @@ def stationary_spread_matches_prediction(settings: Settings, tables: Tables) -> 
     )
 
 
+def _final_ratio(tables: Tables, variant: str) -> pd.Series:
+    """Per annealing seed: the variant's final E[1 − a] over SGD's (the same samples x_k)."""
+    finals = tables["annealing"].pivot(index="seed", columns="variant", values="final_spread")
+    return finals[variant] / finals["SGD"]
+
+
+def _annealing_detail(settings: Settings, tables: Tables, variant: str) -> dict:
+    problem, eta, mu = settings.problem(), settings.lr, max(settings.momenta)
+    return {
+        "per seed": {str(seed): value for seed, value in _final_ratio(tables, variant).items()},
+        "momentum": mu,
+        "predicted ratio (constant: 1/(1−μ); annealed: 1)": (
+            problem.stationary_spread(eta, mu if variant == "constant" else 0.0)
+            / problem.stationary_spread(eta, 0.0)
+        ),
+    }
+
+
+def _annealing_restores(variant: str, change: str):
+    def annealing_restores(settings: Settings, tables: Tables) -> Claim:
+        """Annealing MSGD near the optimum brings its final accuracy back to plain SGD's.
+
+        References: Liu, Chen, Zhou & Zhao (2018), abstract — "the momentum helps escape from saddle
+        points, but hurts the convergence within the neighborhood of optima (if without the step size
+        annealing or momentum annealing)"; annealed, the 1/(1 − μ) excess of the stationary variance
+        (SPEC §4) goes."""
+        return Claim.from_estimate(
+            f"{variant.replace(' ', '-')}-restores-final-accuracy",
+            f"with {change} near the optimum, MSGD's final E[1 − ⟨θ, e1⟩²] is at most {RESTORED:g}× plain SGD's "
+            "at η (mean over seeds of the paired ratio)",
+            bootstrap_mean(_final_ratio(tables, variant).tolist()),
+            RESTORED,
+            "<=",
+            _annealing_detail(settings, tables, variant),
+        )
+
+    return annealing_restores
+
+
+def constant_momentum_hurts_final_accuracy(settings: Settings, tables: Tables) -> Claim:
+    """Without annealing, MSGD ends farther from the optimum than plain SGD at the same step.
+
+    References: Liu, Chen, Zhou & Zhao (2018), abstract — momentum "hurts the convergence within the
+    neighborhood of optima (if without the step size annealing or momentum annealing)": the stationary
+    variance is 1/(1 − μ) times SGD's (SPEC §4)."""
+    return Claim.from_estimate(
+        "constant-momentum-hurts-final-accuracy",
+        f"with constant μ, MSGD's final E[1 − ⟨θ, e1⟩²] exceeds {RESTORED:g}× plain SGD's at η (mean over seeds "
+        "of the paired ratio)",
+        bootstrap_mean(_final_ratio(tables, "constant").tolist()),
+        RESTORED,
+        ">",
+        _annealing_detail(settings, tables, "constant"),
+    )
+
+
 CLAIMS = (
     escape_faster_with_momentum,
     msgd_escape_matches_sgd_at_effective_step,
     sde_escape_matches_msgd,
     stationary_spread_grows_with_momentum,
     stationary_spread_matches_prediction,
+    constant_momentum_hurts_final_accuracy,
+    _annealing_restores("step annealed", "the step annealed to η(1 − μ)"),
+    _annealing_restores("momentum annealed", "the momentum annealed to 0"),
 )
 
 
@@ -490,12 +634,61 @@ def _plot_spread(settings: Settings, tables: Tables, path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def _plot_annealing(settings: Settings, tables: Tables, path: Path) -> Path:
+    """Mean E[1 − a] against the step for every variant (pooled seeds), with the predicted levels, and the
+    per-seed final ratios to SGD."""
+    problem, eta, mu = settings.problem(), settings.lr, max(settings.momenta)
+    _, anneal_at = annealing_schedules(settings)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for variant, rows in tables["annealing_paths"].groupby("variant", sort=False):
+        left.plot(
+            rows["step"], rows["mean_spread"], color=ANNEALING_COLORS[variant], linewidth=1.2, label=variant
+        )
+    for level, label in (
+        (problem.stationary_spread(eta, mu), f"prediction at μ = {mu}"),
+        (problem.stationary_spread(eta, 0.0), "prediction at μ = 0 (and annealed)"),
+    ):
+        left.axhline(level, color="gray", linestyle="--", linewidth=0.8)
+        left.annotate(label, (0, level), fontsize=7, va="bottom")
+    left.axvline(anneal_at, color="gray", linewidth=0.8)
+    left.set_xscale("symlog", linthresh=max(anneal_at, 1))
+    left.set_xlim(left=0)
+    left.set_yscale("log")
+    left.set_xlabel("step k (annealed at the grey line)")
+    left.set_ylabel("E[1 − ⟨θ_k, e1⟩²] (mean over runs and seeds)")
+    left.set_title(f"from e1 at η = {eta:g}, μ = {mu}: constant vs annealed vs SGD", fontsize=10)
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    for position, variant in enumerate(ANNEALED):
+        ratios = _final_ratio(tables, variant)
+        right.plot([position] * len(ratios), ratios, "o", color=ANNEALING_COLORS[variant], alpha=0.7)
+        estimate = bootstrap_mean(ratios.tolist())
+        right.errorbar(
+            position + 0.15,
+            estimate.mean,
+            yerr=[[estimate.mean - estimate.low], [estimate.high - estimate.mean]],
+            color="black",
+            marker="s",
+            capsize=4,
+        )
+    right.axhline(RESTORED, color="gray", linestyle="--", linewidth=1, label=f"{RESTORED:g} (claims)")
+    right.axhline(1 / (1 - mu), color="#d1495b", linestyle=":", linewidth=1, label="1/(1−μ)")
+    right.set_xticks(range(len(ANNEALED)), list(ANNEALED))
+    right.set_yscale("log")
+    right.set_ylabel("final E[1 − a] / SGD's")
+    right.set_title("final spread over plain SGD's, per seed (square: mean, 95% interval)", fontsize=10)
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3, which="both")
+    return save_figure(figure, path)
+
+
 def figures(settings: Settings, tables: Tables, out_dir: Path) -> list[Path]:
-    """Escape times, alignment paths from the saddle, and the stationary spread against 1 − μ."""
+    """Escape times, alignment paths from the saddle, the stationary spread against 1 − μ, and annealing."""
     return [
         _plot_escape(settings, tables, out_dir / "escape_times.png"),
         _plot_paths(settings, tables, out_dir / "alignment_paths.png"),
         _plot_spread(settings, tables, out_dir / "stationary_spread.png"),
+        _plot_annealing(settings, tables, out_dir / "annealing.png"),
     ]
 
 
@@ -550,8 +743,38 @@ def _spread_table(settings: Settings, tables: Tables) -> str:
     return markdown_table(pd.DataFrame(rows))
 
 
+def _annealing_table(settings: Settings, tables: Tables) -> str:
+    """Final E[1 − a] per variant (mean over seeds) and its ratio to SGD's with the 95% interval."""
+    finals = tables["annealing"].groupby("variant", sort=False)["final_spread"].mean()
+    problem, eta, mu = settings.problem(), settings.lr, max(settings.momenta)
+    _, anneal_at = annealing_schedules(settings)
+    rows = []
+    for variant, (lr_factor, momentum_factor) in {"SGD": (1.0, 0.0), **ANNEALED}.items():
+        after_lr = eta * (1 - mu) if lr_factor is None else eta * lr_factor
+        after_mu = mu * momentum_factor
+        ratio = bootstrap_mean(_final_ratio(tables, variant).tolist())
+        rows.append(
+            {
+                "variant": variant,
+                "(η, μ) before → after step " + str(anneal_at): (
+                    f"({eta:g}, 0)" if variant == "SGD" else f"({eta:g}, {mu}) → ({after_lr:g}, {after_mu:g})"
+                ),
+                "final E[1 − a]": f"{finals[variant]:.3e}",
+                "predicted": f"{problem.stationary_spread(after_lr, after_mu):.3e}",
+                "ratio to SGD [95% interval]": f"{ratio.mean:.3f} [{ratio.low:.3f}, {ratio.high:.3f}]",
+            }
+        )
+    return markdown_table(pd.DataFrame(rows))
+
+
 def report(settings: Settings, tables: Tables) -> dict[str, str]:
+    _, anneal_at = annealing_schedules(settings)
     return {
+        "annealing_table": _annealing_table(settings, tables),
+        "annealing_seeds": str(list(settings.annealing_seeds)),
+        "annealing_runs": str(settings.annealing_runs),
+        "anneal_at": str(anneal_at),
+        "top_momentum": str(max(settings.momenta)),
         "dimension": str(len(settings.eigenvalues)),
         "eigenvalues": str(list(settings.eigenvalues)),
         "lr": f"{settings.lr:g}",

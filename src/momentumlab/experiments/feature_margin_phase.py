@@ -6,7 +6,9 @@ all points of a seed sharing one batched computation. Each optimizer is then tun
 validation split (:mod:`momentumlab.compare`: best mean validation accuracy over seeds, diverged
 settings last) and its test accuracies at that setting are reported. The paper's claim is that GD
 does not learn the small-margin data; a prototype suggested that GD with a large enough η does.
-The report states for which η that holds, as measured.
+The report states for which η that holds, as measured, and whether the size of GD's first step along
+the feature, c(1) = max_r |c_r(1)| (from a one-step rerun of each GD run: deterministic, the same
+first step), predicts which GD runs learn.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
@@ -27,12 +30,14 @@ from momentumlab.compare import compare, to_markdown
 from momentumlab.data.feature_margin import FeatureMarginDataConfig
 from momentumlab.experiments.reproduction import Reproduction, ReproductionSettings, Seeds, Tables, read_prose
 from momentumlab.optim.momentum import OptimizerConfig
+from momentumlab.probes.projections import largest_signal
 from momentumlab.report import save_figure
 from momentumlab.runs.feature_margin import CubicCNNConfig, FeatureMarginRunConfig, FeatureMarginTrainConfig
 from momentumlab.store import RunStore
 from momentumlab.sweep import result_table
 
 PAPER_LR = 0.5  # η of the feature-margin reproduction, at which the paper's GD claim is checked
+SEPARATES = 0.9  # AUC of c(1) at which we say c(1) predicts GD's outcome ("excellent discrimination")
 LEARNS = 0.9  # mean small-margin test accuracy at which we say an optimizer learns the small-margin data
 FAILS = 0.75  # mean small-margin test accuracy at or below which GD does not learn it
 FAMILIES = {"GD": "gd", "GD+M": "gd+ema_momentum"}  # label → optimizer family of momentumlab.compare
@@ -73,6 +78,20 @@ class Settings(ReproductionSettings):
             raise ValueError(f"momenta = {list(self.momenta)}: must include 0 (GD), which the claims compare")
         return self
 
+    def first_step_config(self, lr: float, seed: int) -> FeatureMarginRunConfig:
+        """GD's grid point (η, seed) stopped after one step, logged at steps 0 and 1."""
+        config = self.run_config(lr, 0.0, seed)
+        train = config.train.model_copy(
+            update={
+                "steps": 1,
+                "log_every": 1,
+                "log_geometric": False,
+                "sharpness_every": None,
+                "checkpoint_every": 1,
+            }
+        )
+        return config.model_copy(update={"train": train})
+
     def run_config(self, lr: float, momentum: float, seed: int) -> FeatureMarginRunConfig:
         """One grid point: GD when γ = 0, else GD+M in the paper's EMA form."""
         return FeatureMarginRunConfig(
@@ -96,7 +115,20 @@ def measure(settings: Settings, store: RunStore) -> Tables:
     ]
     store.run_many(configs)
     results = result_table(configs, store)
-    return {"results": results, "compare": compare(results, "val_accuracy")}
+    first_steps = [
+        settings.first_step_config(lr, seed) for lr in settings.learning_rates for seed in settings.seeds
+    ]
+    first_step = pd.DataFrame(
+        {
+            "optimizer.lr": config.optimizer.lr,
+            "seed": config.seed,
+            "c1": float(largest_signal(run.metrics().query("step == 1")).iloc[0])
+            if run.status == "complete"
+            else math.nan,
+        }
+        for config, run in zip(first_steps, store.run_many(first_steps))
+    )
+    return {"results": results, "compare": compare(results, "val_accuracy"), "first_step": first_step}
 
 
 def _cell_means(results: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -162,7 +194,56 @@ def gd_fails_at_paper_step(settings: Settings, tables: Tables) -> Claim:
     )
 
 
-CLAIMS = (tuned_gdm_learns_small_margin, tuned_gd_fails_small_margin, gd_fails_at_paper_step)
+def _gd_outcomes(tables: Tables) -> pd.DataFrame:
+    """GD's completed runs with c(1) and whether each learns the small-margin data (accuracy ≥ LEARNS)."""
+    results = tables["results"]
+    gd = results[(results["optimizer.momentum"] == 0) & (results["status"] == "complete")]
+    merged = gd.merge(tables["first_step"], on=["optimizer.lr", "seed"])
+    return merged.assign(learns=merged["test_accuracy_small"] >= LEARNS)
+
+
+def separation_auc(scores: pd.Series, positive: pd.Series) -> float:
+    """P(score of a positive > score of a negative), ties counting 1/2 (the ROC AUC, Mann–Whitney);
+    NaN unless both classes occur."""
+    high, low = scores[positive].to_numpy(), scores[~positive].to_numpy()
+    if not (len(high) and len(low)):
+        return math.nan
+    greater = (high[:, None] > low[None, :]).mean()
+    ties = (high[:, None] == low[None, :]).mean()
+    return float(greater + ties / 2)
+
+
+def first_step_predicts_gd(settings: Settings, tables: Tables) -> Claim:
+    """The size of GD's first step along the feature, c(1) = max_r |c_r(1)|, separates the GD runs of
+    the grid that learn the small-margin data from those that do not.
+
+    References: Jelassi & Li (2022), Lemma 4.1 — GD's feature learning grows c by Θ(ηα³c²) per step, so
+    at ηα³σ0 ≳ 1 it happens within the first step, outside the analysis; issue 13's finding that c(1)
+    decides GD's outcome at large η ("c(1) predicts"), stated as a ROC AUC ≥ 0.9 over the grid's GD runs."""
+    outcomes = _gd_outcomes(tables)
+    learners, others = outcomes[outcomes["learns"]], outcomes[~outcomes["learns"]]
+    return Claim(
+        "first-step-predicts-gd",
+        f"c(1) separates GD runs that learn the small-margin data (accuracy ≥ {LEARNS}) from the rest: "
+        f"AUC ≥ {SEPARATES}",
+        separation_auc(outcomes["c1"], outcomes["learns"]),
+        SEPARATES,
+        ">=",
+        {
+            "learners": len(learners),
+            "others": len(others),
+            "smallest c(1) of a learner": float(learners["c1"].min()) if len(learners) else math.nan,
+            "largest c(1) of the others": float(others["c1"].max()) if len(others) else math.nan,
+        },
+    )
+
+
+CLAIMS = (
+    tuned_gdm_learns_small_margin,
+    tuned_gd_fails_small_margin,
+    gd_fails_at_paper_step,
+    first_step_predicts_gd,
+)
 
 
 def figures(settings: Settings, tables: Tables, out_dir: Path) -> list[Path]:
@@ -191,7 +272,21 @@ def figures(settings: Settings, tables: Tables, out_dir: Path) -> list[Path]:
         axis.set_title(f"{title}, mean over seeds", fontsize=10)
         figure.colorbar(image, ax=axis, shrink=0.85)
     figure.suptitle("Feature–margin data: GD and GD+M over (η, γ); 'div.' = a seed diverged")
-    return [save_figure(figure, out_dir / "phase.png")]
+    paths = [save_figure(figure, out_dir / "phase.png")]
+    figure, axis = plt.subplots(figsize=(5.6, 4.2))
+    outcomes = _gd_outcomes(tables)
+    scatter = axis.scatter(
+        outcomes["c1"], outcomes["test_accuracy_small"], c=np.log2(outcomes["optimizer.lr"]), cmap="viridis"
+    )
+    axis.axhline(LEARNS, color="gray", linestyle="--", linewidth=1, label=f"learns: accuracy ≥ {LEARNS}")
+    axis.set_xscale("log")
+    axis.set_xlabel("c(1) = max_r |c_r| after GD's first step")
+    axis.set_ylabel("small-margin test accuracy at T")
+    axis.set_title("GD runs of the grid: first step c(1) against the outcome", fontsize=10)
+    axis.legend(fontsize=8)
+    figure.colorbar(scatter, ax=axis, label="log₂ η")
+    paths.append(save_figure(figure, out_dir / "first_step.png"))
+    return paths
 
 
 def _finding(gd: pd.Series) -> str:
@@ -219,6 +314,18 @@ def _means_table(means: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _first_step_table(tables: Tables) -> str:
+    """c(1) and small-margin test accuracy of each GD run, rows η and one column pair per seed."""
+    outcomes = _gd_outcomes(tables).sort_values(["optimizer.lr", "seed"])
+    lines = ["| η | c(1), small-margin test accuracy (per seed) |", "|---|---|"]
+    for lr, rows in outcomes.groupby("optimizer.lr"):
+        cells = ", ".join(
+            f"{c1:.3g} → {accuracy:.2f}" for c1, accuracy in zip(rows["c1"], rows["test_accuracy_small"])
+        )
+        lines.append(f"| {lr:g} | {cells} |")
+    return "\n".join(lines)
+
+
 def report(settings: Settings, tables: Tables) -> dict[str, str]:
     results = tables["results"]
     means = _cell_means(results, "test_accuracy_small")
@@ -238,6 +345,7 @@ def report(settings: Settings, tables: Tables) -> dict[str, str]:
         "tuned": to_markdown(tables["compare"]),
         "means": _means_table(means),
         "diverged": ", ".join(f"({lr:g}, {m:g})" for lr, m in diverged_cells) or "none",
+        "first_step": _first_step_table(tables),
     }
 
 

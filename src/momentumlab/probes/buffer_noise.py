@@ -5,6 +5,9 @@ noise with weights (1−β)β^{k−r}; in the stationary regime its noise has co
 (:func:`ema_variance_ratio`). :func:`simulate_buffers` runs EMA momentum SGD on a
 :class:`~momentumlab.data.landscapes.NoisyQuadratic` for many independent chains at once and measures
 the buffer's covariance across chains; :class:`BufferStatistics` summarizes it relative to Σ.
+:func:`start_transient` follows the buffer's first steps from its two usual starts, zero (the EMA of
+Jelassi & Li) and the first stochastic gradient (`torch.optim.SGD`'s first step), beside their closed
+forms (:func:`start_bias`, :func:`start_variance_ratio`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -101,3 +105,63 @@ def simulate_buffers(
         )
         for key in norms
     }
+
+
+BufferStart = Literal["zero", "first gradient"]
+BUFFER_STARTS: tuple[BufferStart, ...] = ("zero", "first gradient")
+
+
+def start_bias(beta: float, step: int, start: BufferStart) -> float:
+    """‖E[g_t] − ∇E‖/‖∇E‖ at a fixed point: β^{t+1} for g_{−1} = 0 (E[g_t] = (1 − β^{t+1})∇E), 0 for
+    g_0 = ĝ_0, the first stochastic gradient (`torch.optim.SGD`'s first-step buffer)."""
+    return beta ** (step + 1) if start == "zero" else 0.0
+
+
+def start_variance_ratio(beta: float, step: int, start: BufferStart) -> float:
+    """Cov(g_t) / Σ at a fixed point under i.i.d. noise, step t ≥ 0 from each start.
+
+    From zero, g_t = (1−β)Σ_{r=0}^{t} β^{t−r}ĝ_r: (1−β)/(1+β)·(1 − β^{2(t+1)}), rising to the stationary
+    value; from the first gradient, g_t = β^t ĝ_0 + (1−β)Σ_{r=1}^{t} β^{t−r}ĝ_r:
+    β^{2t} + (1−β)/(1+β)·(1 − β^{2t}), falling to it from the full Σ.
+    """
+    stationary = ema_variance_ratio(beta)
+    if start == "zero":
+        return stationary * (1 - beta ** (2 * (step + 1)))
+    return beta ** (2 * step) + stationary * (1 - beta ** (2 * step))
+
+
+def start_transient(
+    problem: NoisyQuadratic,
+    betas: Sequence[float],
+    point: Tensor,
+    chains: int,
+    steps: int,
+    generator: torch.Generator,
+) -> dict[BufferStart, tuple[Tensor, Tensor]]:
+    """The EMA buffer g_t = βg_{t−1} + (1−β)ĝ_t at the fixed point x = `point` for t = 0 … steps−1, from
+    both starts on the same noise draws: g_{−1} = 0, and g_0 = ĝ_0 (`torch.optim.SGD(momentum=β,
+    dampening=β)` sets its buffer to the first gradient). Per start, (bias, variance) of shape
+    (len(betas), steps): the relative bias ‖mean over chains of g_t − ∇E‖/‖∇E‖ and tr(Σ⁻¹C_t)/d with C_t
+    the covariance across chains. The two buffers differ by exactly β^{t+1}ĝ_0 on every chain.
+    """
+    if chains < 2:
+        raise ValueError(f"chains = {chains}: a covariance across chains needs at least 2")
+    beta = torch.tensor(betas, dtype=torch.float64)[:, None, None]
+    mean_gradient = problem.gradient(point)  # ∇E(x), the same at every step
+    whitening = torch.linalg.inv(problem.noise_factor)  # L⁻¹
+    buffers: dict[BufferStart, Tensor] = {}
+    statistics: dict[BufferStart, tuple[list[Tensor], list[Tensor]]] = {s: ([], []) for s in BUFFER_STARTS}
+    for step in range(steps):
+        gradient = mean_gradient + problem.noise((len(betas), chains), generator)  # ĝ_t
+        if step == 0:
+            buffers = {"zero": (1 - beta) * gradient, "first gradient": gradient.clone()}
+        else:
+            buffers = {s: beta * g + (1 - beta) * gradient for s, g in buffers.items()}  # g ← βg + (1−β)ĝ
+        for start, buffer in buffers.items():
+            mean = buffer.mean(1)
+            bias = (mean - mean_gradient).norm(dim=-1) / mean_gradient.norm()
+            whitened = (buffer - mean[:, None]) @ whitening.T  # L⁻¹(g − mean)
+            variance = (whitened**2).sum((1, 2)) / ((chains - 1) * problem.dim)
+            statistics[start][0].append(bias)
+            statistics[start][1].append(variance)
+    return {start: (torch.stack(b, 1), torch.stack(v, 1)) for start, (b, v) in statistics.items()}

@@ -26,6 +26,7 @@ Alignment a = ⟨θ, e1⟩²/‖θ‖² ∈ [0, 1]; a run *escapes* at the first
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -133,16 +134,30 @@ class StreamingPCA:
         return time / lr  # k = t/η
 
 
+Schedule = Callable[[int], tuple[float, float]]  # step k → (η_k, μ_k) used to compute θ_{k+1}
+
+
 def msgd(
     problem: StreamingPCA, start: Tensor, lr: float, momentum: float, generator: torch.Generator
 ) -> Iterator[Tensor]:
     """θ_1, θ_2, … of MSGD on the sphere for every row of `start` (runs, d) at once, without end."""
+    return scheduled_msgd(problem, start, lambda step: (lr, momentum), generator)
+
+
+def scheduled_msgd(
+    problem: StreamingPCA, start: Tensor, schedule: Schedule, generator: torch.Generator
+) -> Iterator[Tensor]:
+    """MSGD whose step and momentum at step k are `schedule(k)` (k = 0, 1, …): annealing either one.
+
+    The velocity θ_k − θ_{k−1} is kept across a change of (η, μ); with μ_k = 0 it is dropped.
+    """
     previous = current = normalize(start)
-    while True:
+    for step in itertools.count():
+        lr, momentum = schedule(step)
         x = problem.sample(len(current), generator)
         # θ_{k+1} = Π(θ_k − η∇ℓ(θ_k; x_k) + μ(θ_k − θ_{k−1}))
-        step = current - lr * problem.stochastic_gradient(current, x) + momentum * (current - previous)
-        previous, current = current, normalize(step)
+        update = current - lr * problem.stochastic_gradient(current, x) + momentum * (current - previous)
+        previous, current = current, normalize(update)
         yield current
 
 

@@ -143,6 +143,58 @@ def gradient_statistics(
     return GradientStatistics(mean.to(point.dtype), max(variance, 0.0))
 
 
+def per_sample_gradients(
+    loss: FlatLoss,
+    point: torch.Tensor,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """The N per-sample gradients ∇f_i(x) as rows of an (N, d) float64 tensor, `chunk_size` at a time.
+
+    For measuring the noise of many minibatch sizes at one point (:func:`minibatch_noise_norms`); holds
+    N·d numbers, where :func:`gradient_statistics` holds one chunk's.
+    """
+
+    def single(x: torch.Tensor, one_input: torch.Tensor, one_target: torch.Tensor) -> torch.Tensor:
+        return loss(x, one_input[None], one_target[None])  # f_i
+
+    per_sample = vmap(grad(single), in_dims=(None, 0, 0))
+    return torch.cat(
+        [
+            per_sample(point, inputs[chunk], targets[chunk]).double()
+            for chunk in _chunks(len(inputs), chunk_size)
+        ]
+    )
+
+
+def minibatch_noise_norms(
+    gradients: torch.Tensor, batch_size: int, draws: int, generator: torch.Generator
+) -> torch.Tensor:
+    """‖g_B − ∇f‖ for `draws` minibatches B of b = `batch_size` examples drawn without replacement (each
+    a fresh uniform subset), g_B = (1/b) Σ_{i∈B} ∇f_i, from the per-sample `gradients` (rows) at one point.
+    """
+    count = len(gradients)
+    if not 1 <= batch_size <= count or draws < 1:
+        raise ValueError(
+            f"batch_size={batch_size}, draws={draws}: allowed 1 ≤ batch_size ≤ {count}, draws ≥ 1"
+        )
+    mean = gradients.mean(0)  # ∇f
+    norms = torch.empty(draws, dtype=torch.float64)
+    for draw in range(draws):
+        batch = torch.randperm(count, generator=generator)[:batch_size]
+        norms[draw] = (gradients[batch].mean(0) - mean).norm()  # ‖ω‖ = ‖g_B − ∇f‖
+    return norms
+
+
+def finite_population_noise(variance: float, batch_size: int, count: int) -> float:
+    """E‖g_B − ∇f‖² = (C²/b)(N − b)/(N − 1) for B of b examples drawn without replacement from N, with
+    C² = (1/N) Σ_i ‖∇f_i − ∇f‖² (the variance of a mean of a simple random sample)."""
+    if not 1 <= batch_size <= count or count < 2:
+        raise ValueError(f"batch_size={batch_size}, count={count}: allowed 1 ≤ batch_size ≤ count, count ≥ 2")
+    return variance / batch_size * (count - batch_size) / (count - 1)  # (C²/b)(N − b)/(N − 1)
+
+
 def momentum_factor(beta: float) -> float:
     """β̂ = β(β² − β + 1)/(1 − β)², SHB's weight on C²/b + K² in δ²/η²."""
     _check_momentum(beta)

@@ -2,15 +2,18 @@
 
 - signal c_r(t) = ⟨w_r, w*⟩ and c(t) = max_r c_r(t);
 - noise Ξ_{i,j,r} = ⟨w_r, X_i[j]⟩ for j ≠ p(X_i), total noise Ξ_i = Σ_r Σ_{j≠p} Ξ_{i,j,r}³;
-- gradient and momentum projections G_r = ⟨∇_{w_r} L, w*⟩, Ĝ_r = ⟨g_r, w*⟩;
+- gradient and momentum projections G_r = ⟨∇_{w_r} L, w*⟩, Ĝ_r = ⟨g_r, w*⟩ (the trainers log the
+  optimizer's own buffer; :func:`in_ema_scale` puts every rule's Ĝ on the paper's EMA scale);
 - loss derivatives ℓ_i = σ(−y_i f(X_i)), ν_k = (1/N) Σ_{i∈Z_k} ℓ_i for Z_1 (large) and Z_2 (small margin).
 """
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
 from momentumlab.data.feature_margin import FeatureMarginData, FeatureMarginSet
+from momentumlab.optim.momentum import OptimizerConfig
 
 MEMORIZATION_THRESHOLD = 1.0  # y_i Ξ_i ≥ Ω(1) counts as "memorized by noise" (Theorem 3.1)
 
@@ -79,3 +82,26 @@ def feature_margin_measurements(
         row[f"gradient_signal_r{r}"] = gradient_signal[r].item()
         row[f"momentum_signal_r{r}"] = buffer_signal[r].item()
     return row
+
+
+def ema_scale(optimizer: OptimizerConfig) -> float:
+    """The factor that turns the rule's momentum buffer into the paper's EMA buffer g.
+
+    EMA momentum's g ← γg + (1−γ)∇ is already g; heavy ball's and Nesterov's b ← μb + ∇ is
+    Σ_k μ^k ∇_{t−k} = g/(1−μ), so g = (1−μ)·b. GD has no buffer (its logged Ĝ is 0).
+    """
+    return {"gd": 1.0, "ema_momentum": 1.0}.get(optimizer.name, 1.0 - optimizer.momentum)
+
+
+def in_ema_scale(metrics: pd.DataFrame, optimizer: OptimizerConfig) -> pd.DataFrame:
+    """A run's logged rows with every momentum projection (`momentum_signal`, `momentum_signal_r*`)
+    multiplied by :func:`ema_scale`, so that Ĝ is comparable across update rules."""
+    columns = [c for c in metrics.columns if c == "momentum_signal" or c.startswith("momentum_signal_r")]
+    return metrics.assign(**{column: metrics[column] * ema_scale(optimizer) for column in columns})
+
+
+def largest_signal(rows: pd.DataFrame) -> pd.Series:
+    """max_r |c_r| of each logged row (from its `signal_r*` columns): c(1) on the step-1 rows, the
+    size of GD's first step along the feature."""
+    columns = [column for column in rows.columns if column.startswith("signal_r")]
+    return rows[columns].abs().max(axis=1)
