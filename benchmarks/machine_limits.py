@@ -1,0 +1,123 @@
+"""The machine's limits that bound a training step, measured in the benchmark's own run.
+
+Every step benchmark compares its step time with a bound computed from limits measured here, at the
+same torch thread count and under the same load, so that the printed fraction stays meaningful on a
+shared machine (a ratio against a naive loop moves with the loop's speed):
+
+- memory bandwidth, STREAM-like, on float32 tensors of a given size (the size of the data a step reads,
+  so the cache level is the one the step sees):
+    read   s = Σ a          bytes = 4n
+    copy   b ← a            bytes = 8n  (4n read + 4n written; STREAM's convention: no write-allocate)
+    triad  a ← b + q·c      bytes = 12n
+  The bound of a step that must read B bytes is B ÷ (the best of the three rates): the least time any
+  pass over that many bytes took here.
+- matmul throughput: `torch.mm` / `torch.bmm` at the step's exact shapes (same layout, `out=` buffers),
+  counting 2·M·K·N floating-point operations per (M×K)·(K×N) product. The bound of a step is its
+  products' FLOPs ÷ that throughput: the time those products take alone, with nothing else in the step.
+
+Each timing is the best of `repeats` calls after one warm-up call: the least disturbed by other jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+FLOAT_BYTES = 4  # float32
+
+
+def best_seconds(work: Callable[[], object], repeats: int) -> float:
+    """Least wall time of `repeats` calls of `work`, after one warm-up call."""
+    work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """STREAM-like rates in bytes/s over float32 arrays of `elements` elements each."""
+
+    elements: int
+    read: float
+    copy: float
+    triad: float
+
+    @property
+    def best(self) -> float:
+        return max(self.read, self.copy, self.triad)
+
+    def describe(self) -> str:
+        return (
+            f"memory bandwidth on {self.elements * FLOAT_BYTES / 1e6:.1f} MB arrays: read {self.read / 1e9:.1f}, "
+            f"copy {self.copy / 1e9:.1f}, triad {self.triad / 1e9:.1f} GB/s"
+        )
+
+
+def measure_bandwidth(elements: int, repeats: int = 20) -> Bandwidth:
+    """STREAM-like read, copy and triad rates on float32 arrays of `elements` elements."""
+    a, b, c = torch.rand(elements), torch.rand(elements), torch.rand(elements)
+    read = best_seconds(lambda: a.sum(), repeats)  # 4n bytes
+    copy = best_seconds(lambda: b.copy_(a), repeats)  # 8n bytes
+    triad = best_seconds(lambda: torch.add(b, c, alpha=3.0, out=a), repeats)  # 12n bytes
+    n = elements * FLOAT_BYTES
+    return Bandwidth(elements, read=n / read, copy=2 * n / copy, triad=3 * n / triad)
+
+
+@dataclass(frozen=True)
+class Product:
+    """One matrix product of a step: (batch ×) (M×K)·(K×N), with operand layouts as the step has them."""
+
+    m: int
+    k: int
+    n: int
+    batch: int = 1
+    transpose_left: bool = False  # the left operand is a transposed view of a (K×M) matrix
+    transpose_right: bool = False  # the right operand is a transposed view of an (N×K) matrix
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.m * self.k * self.n
+
+    def describe(self) -> str:
+        batch = f"{self.batch}×" if self.batch > 1 else ""
+        left = f"({self.k}×{self.m})ᵀ" if self.transpose_left else f"({self.m}×{self.k})"
+        right = f"({self.n}×{self.k})ᵀ" if self.transpose_right else f"({self.k}×{self.n})"
+        return f"{batch}{left}·{right}"
+
+
+def _operand(rows: int, columns: int, batch: int, transposed: bool) -> torch.Tensor:
+    shape = (columns, rows) if transposed else (rows, columns)
+    tensor = torch.rand(batch, *shape) if batch > 1 else torch.rand(*shape)
+    return tensor.transpose(-1, -2) if transposed else tensor
+
+
+def measure_matmul(products: Sequence[Product], repeats: int = 20) -> float:
+    """FLOP/s of `products` run one after another (each with its own operands and `out=` buffer)."""
+    calls = []
+    for p in products:
+        left = _operand(p.m, p.k, p.batch, p.transpose_left)
+        right = _operand(p.k, p.n, p.batch, p.transpose_right)
+        out = torch.empty(p.batch, p.m, p.n) if p.batch > 1 else torch.empty(p.m, p.n)
+        product = torch.bmm if p.batch > 1 else torch.mm
+        calls.append((product, left, right, out))
+
+    def run() -> None:
+        for product, left, right, out in calls:
+            product(left, right, out=out)
+
+    return sum(p.flops for p in products) / best_seconds(run, repeats)
+
+
+def fraction_line(label: str, seconds: float, bound_seconds: float, what: str) -> str:
+    """One printed line: a step's time, its bound, and the bound as a fraction of the time (1 = at the limit)."""
+    return (
+        f"  {label:<44} {1e3 * seconds:8.3f} ms; bound {1e3 * bound_seconds:7.3f} ms ({what}): "
+        f"at {bound_seconds / seconds:5.1%} of the limit ({seconds / bound_seconds:.2f}x the bound)"
+    )
