@@ -121,3 +121,84 @@ def fraction_line(label: str, seconds: float, bound_seconds: float, what: str) -
         f"  {label:<44} {1e3 * seconds:8.3f} ms; bound {1e3 * bound_seconds:7.3f} ms ({what}): "
         f"at {bound_seconds / seconds:5.1%} of the limit ({seconds / bound_seconds:.2f}x the bound)"
     )
+
+
+@dataclass(frozen=True)
+class RecordedProduct:
+    """One matrix product a step called: the exact op overload and its arguments, tensors as (size, stride)."""
+
+    op: Callable
+    args: tuple
+    kwargs: dict
+    flops: int
+
+
+@dataclass(frozen=True)
+class _Layout:
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+MATMUL_FACTORS = {
+    "mm": (0, 1),
+    "bmm": (0, 1),
+    "addmm": (1, 2),
+    "baddbmm": (1, 2),
+    "addmm_": (1, 2),
+    "baddbmm_": (1, 2),
+}
+
+
+def record_products(work: Callable[[], object]) -> list[RecordedProduct]:
+    """Every mm/bmm/addmm/baddbmm (in place or `out=` too) that `work()` calls, with the sizes and
+    strides of its tensors (views included).
+
+    FLOPs per product: 2·(batch)·M·K·N for factors (M×K)·(K×N); the added term is not counted.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_map
+
+    recorded = []
+
+    def layout(value: object) -> object:
+        return (
+            _Layout(tuple(value.shape), tuple(value.stride())) if isinstance(value, torch.Tensor) else value
+        )
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = func.overloadpacket.__name__
+            if name in MATMUL_FACTORS:
+                left, right = (args[i] for i in MATMUL_FACTORS[name])
+                flops = 2 * left.shape[:-1].numel() * left.shape[-1] * right.shape[-1]
+                recorded.append(
+                    RecordedProduct(func, tree_map(layout, args), tree_map(layout, kwargs), flops)
+                )
+            return func(*args, **kwargs)
+
+    with Recorder():
+        work()
+    return recorded
+
+
+def replay_seconds(products: Sequence[RecordedProduct], repeats: int = 20) -> float:
+    """Least time to run `products` alone, one after another, with fresh tensors of the recorded sizes
+    and strides: the time the step's matmuls take with nothing else in the step."""
+    from torch.utils._pytree import tree_map
+
+    def materialize(value: object) -> object:
+        if not isinstance(value, _Layout):
+            return value
+        storage = 1 + sum((size - 1) * stride for size, stride in zip(value.size, value.stride))
+        return (
+            torch.empty(storage).uniform_(-1, 1).as_strided(value.size, value.stride)
+        )  # broadcast views too
+
+    calls = [(p.op, tree_map(materialize, p.args), tree_map(materialize, p.kwargs)) for p in products]
+
+    def run() -> None:
+        for op, args, kwargs in calls:
+            op(*args, **kwargs)
+
+    return best_seconds(run, repeats)

@@ -6,13 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from momentumlab.models.mlp import build_network
+from momentumlab.models.mlp import CNN1d, build_network
 from momentumlab.models.stacked_students import StackedStudents
 
 RUNS, BATCH, WIDTH = 3, 11, 4
 
 
 def _networks(architecture: str, dim: int, kernel: int, dtype: torch.dtype):
+    if architecture == "cnn3":  # no student has three convolutions; the stacked code allows any depth
+        return [CNN1d(dim, WIDTH, kernel, 3, torch.Generator().manual_seed(r)).to(dtype) for r in range(RUNS)]
     return [
         build_network(architecture, dim, WIDTH, kernel, torch.Generator().manual_seed(r)).to(dtype)
         for r in range(RUNS)
@@ -30,7 +32,8 @@ def _stack(networks) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize(
     ("architecture", "dim", "kernel"),
     [("mlp1", 9, 5), ("mlp2", 9, 5)]
-    + [(cnn, dim, kernel) for cnn in ("cnn1", "cnn2") for dim, kernel in ((9, 5), (9, 4), (7, 2), (6, 1))],
+    + [(cnn, dim, kernel) for cnn in ("cnn1", "cnn2") for dim, kernel in ((9, 5), (9, 4), (7, 2), (6, 1))]
+    + [("cnn3", 8, 3), ("cnn3", 8, 4)],
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_loss_and_gradients_equal_autograd_through_each_network(architecture, dim, kernel, dtype):
@@ -53,13 +56,22 @@ def test_loss_and_gradients_equal_autograd_through_each_network(architecture, di
             torch.testing.assert_close(gradients[name][run], gradient, **tolerance, msg=name)
 
 
-def test_parameters_are_left_unchanged():
-    """The backward pass works in its own buffers: the stacked parameters are not modified."""
-    networks = _networks("cnn2", 9, 5, torch.float64)
-    parameters = _stack(networks)
+@pytest.mark.parametrize("architecture", ["mlp2", "cnn2"])
+def test_parameters_are_left_unchanged_and_buffers_carry_nothing_over(architecture):
+    """The passes work in their own buffers: the stacked parameters are not modified, and a second call
+    (other inputs, fewer runs) gives what a fresh instance gives."""
+    parameters = _stack(_networks(architecture, 9, 5, torch.float64))
     before = {name: value.clone() for name, value in parameters.items()}
     students = StackedStudents(parameters, 9)
-    inputs = torch.randn(RUNS, BATCH, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    students.loss_and_gradients(parameters, students.features(inputs), torch.ones(RUNS, BATCH).double())
+    generator = torch.Generator().manual_seed(2)
+    first, second = (torch.randn(RUNS, BATCH, 9, dtype=torch.float64, generator=generator) for _ in range(2))
+    labels = torch.ones(RUNS, BATCH, dtype=torch.float64)
+    students.loss_and_gradients(parameters, students.features(first), labels)
     for name, value in parameters.items():
         assert torch.equal(value, before[name]), name
+    for kept in (slice(None), slice(0, 2)):
+        subset = {name: value[kept] for name, value in parameters.items()}
+        fresh = StackedStudents(subset, 9)
+        expected = fresh.loss_and_gradients(subset, fresh.features(second[kept]), labels[kept])
+        actual = students.loss_and_gradients(subset, students.features(second[kept]), labels[kept])
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
