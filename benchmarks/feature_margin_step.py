@@ -114,6 +114,12 @@ def main() -> None:
     )
 
     objective_time = best_seconds(lambda: objective.loss_and_gradient(weight), 20 * args.repeats)
+    for chunk in (n // 40, n // 10, n // 3, n):  # the default against other chunkings of the examples
+        other = FullBatchCubicObjective(inputs, labels, run.model.width, run.train.l2, chunk=chunk)
+        other_time = best_seconds(lambda other=other: other.loss_and_gradient(weight), 20 * args.repeats)
+        print(
+            f"  objective with {len(other.bounds):2d} chunks of {chunk:5d} examples: {1e3 * other_time:7.3f} ms"
+        )
     trainer = min(trainer_seconds_per_step(args.steps) for _ in range(args.repeats))
     naive = min(naive_seconds_per_step(args.steps // 4) for _ in range(args.repeats))
     for label, seconds in (("objective (L, ∇L), one call", objective_time), ("trainer step", trainer)):
