@@ -23,7 +23,8 @@ as diverged at that epoch and leaves the stack; the others go on unchanged.
 The runs step in chunks whose hidden features stay below :data:`CHUNK_BYTES`: the step's time is
 spent in passes over those features, and on the CPU larger tensors (fresh memory mappings beyond
 glibc's 32 MiB threshold, then cache misses) made a step of 60 stacked CNNs up to twice as slow per run
-as chunks of a few runs.
+as chunks of a few runs. On a GPU the runs are one chunk, and a step's one host round trip is the
+check that every objective is finite.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class _Chunk:
         the reference (which stops before stepping on a non-finite objective)."""
         while self.runs:
             finite = self.step(step, batch_size)
-            if finite.all():
+            if finite is None:
                 return
             for index in (~finite).nonzero().flatten().tolist():
                 run = self.runs[index]
@@ -187,11 +188,9 @@ class _Chunk:
         if not all(kept):
             self.keep(torch.tensor(kept))
 
-    def step(self, step: int, batch_size: int | None) -> torch.Tensor:
-        """One optimizer step of every run, unless some run's objective is not finite: then nothing moves.
-
-        Returns whether each run's objective before the step was finite, shape (r,).
-        """
+    def step(self, step: int, batch_size: int | None) -> torch.Tensor | None:
+        """One optimizer step of every run, unless some run's objective is not finite: then nothing moves
+        and the result is whether each run's objective was finite, shape (r,); None when all were."""
         features, labels = self.features, self.labels
         if batch_size is not None:
             n = labels.shape[1]
@@ -215,15 +214,18 @@ class _Chunk:
             buffer.mul_(momentum.view(shape)).addcmul_(gradient, gradient_share.view(shape))  # b ← μb + a∇
             direction = gradient * gradient_step.view(shape) + buffer * buffer_step.view(shape)
             parameter.sub_(direction * lr.view(shape))  # θ ← θ − η(c∇ + eb)
-        return finite
+        return None
 
 
 def _chunks(runs: list[_Run], batch_rows: int) -> list[_Chunk]:
-    """Consecutive runs grouped so that each chunk's widest hidden features fit in CHUNK_BYTES."""
+    """Consecutive runs grouped so that each chunk's widest hidden features fit in CHUNK_BYTES (on the
+    CPU; on a GPU all runs are one chunk)."""
     weights = [p for name, p in runs[0].model.named_parameters() if name.endswith("weight")]
     length = runs[0].config.data.dim  # a convolution's features have a channel per position
     widest = max(length * max(w.shape[:2]) if w.dim() == 3 else max(w.shape) for w in weights)
     size = max(1, CHUNK_BYTES // (batch_rows * widest * weights[0].element_size()))
+    if weights[0].device.type == "cuda":  # one chunk: one sync per step (the finiteness check)
+        size = len(runs)
     return [_Chunk(runs[i : i + size]) for i in range(0, len(runs), size)]
 
 
