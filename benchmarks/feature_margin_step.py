@@ -22,16 +22,18 @@ full-batch (L, ∇L) it steps on.
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Callable
 
 import torch
 from machine_limits import (
     FLOAT_BYTES,
-    best_seconds,
+    best_seconds_each,
+    clock_name,
     fraction_line,
     measure_bandwidth,
     record_products,
-    replay_seconds,
+    replay,
+    seconds,
 )
 
 from momentumlab.models.cubic_cnn import CubicCNN, FullBatchCubicObjective, logistic_objective
@@ -53,10 +55,9 @@ def config(steps: int) -> FeatureMarginRunConfig:
 
 
 def trainer_seconds_per_step(steps: int) -> float:
-    short, long = (
-        train_feature_margin(config(steps // 5)).seconds,
-        train_feature_margin(config(steps // 5 + steps)).seconds,
-    )
+    """Per-step time of `train_feature_margin`: the difference of two run lengths (setup cancels)."""
+    short = seconds(lambda: train_feature_margin(config(steps // 5)))
+    long = seconds(lambda: train_feature_margin(config(steps // 5 + steps)))
     return (long - short) / steps
 
 
@@ -68,13 +69,15 @@ def naive_seconds_per_step(steps: int) -> float:
     model.load_state_dict({"weight": build_model(run).weight.detach().double()})
     lr, momentum = ema_to_heavy_ball(LR, MOMENTUM)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    started = time.perf_counter()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = logistic_objective(model(inputs), labels, model.weight, 0.0)
-        loss.backward()
-        optimizer.step()
-    return (time.perf_counter() - started) / steps
+
+    def loop() -> None:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = logistic_objective(model(inputs), labels, model.weight, 0.0)
+            loss.backward()
+            optimizer.step()
+
+    return seconds(loop) / steps
 
 
 def main() -> None:
@@ -92,18 +95,28 @@ def main() -> None:
     inputs, labels = data.train.inputs, data.train.labels
     n, patches, dim = inputs.shape
     weight = build_model(run).weight.detach()
-    objective = FullBatchCubicObjective(inputs, labels, run.model.width, run.train.l2)
+
+    def objective(chunk: int | None = None) -> Callable[[], object]:
+        full_batch = FullBatchCubicObjective(inputs, labels, run.model.width, run.train.l2, chunk=chunk)
+        return lambda: full_batch.loss_and_gradient(weight)
+
+    default = FullBatchCubicObjective(inputs, labels, run.model.width, run.train.l2)
     print(
         f"feature-margin default data (N={n}, P={patches}, d={dim}, m={run.model.width}), GD+M, float32, "
-        f"torch threads = {torch.get_num_threads()}, {len(objective.bounds)} chunks of examples"
+        f"torch threads = {torch.get_num_threads()}, timed by {clock_name()}; "
+        f"{len(default.bounds)} chunks of examples"
     )
-
     bandwidth = measure_bandwidth(inputs.numel())
     data_bytes = FLOAT_BYTES * (inputs.numel() + PER_EXAMPLE_VECTORS * n)
     memory_bound = data_bytes / bandwidth.best
-    products = record_products(lambda: objective.loss_and_gradient(weight))
+    products = record_products(lambda: default.loss_and_gradient(weight))
     flops = sum(p.flops for p in products)
-    matmul_bound = replay_seconds(products)
+    chunks = (n // 40, n // 10, n // 3, n)  # the default against other chunkings
+    times = best_seconds_each(
+        {"objective": objective(), "products": replay(products)} | {c: objective(c) for c in chunks},
+        20 * args.repeats,
+    )
+    matmul_bound = times["products"]
     print(f"  {bandwidth.describe()}")
     print(
         f"  the step's {len(products)} matrix products ({flops / 1e6:.1f} MFLOP) alone: "
@@ -112,19 +125,13 @@ def main() -> None:
     print(
         f"  memory bound: {data_bytes / 1e6:.2f} MB ÷ {bandwidth.best / 1e9:.1f} GB/s = {1e3 * memory_bound:.3f} ms"
     )
-
-    objective_time = best_seconds(lambda: objective.loss_and_gradient(weight), 20 * args.repeats)
-    for chunk in (n // 40, n // 10, n // 3, n):  # the default against other chunkings of the examples
-        other = FullBatchCubicObjective(inputs, labels, run.model.width, run.train.l2, chunk=chunk)
-        other_time = best_seconds(lambda other=other: other.loss_and_gradient(weight), 20 * args.repeats)
-        print(
-            f"  objective with {len(other.bounds):2d} chunks of {chunk:5d} examples: {1e3 * other_time:7.3f} ms"
-        )
+    for chunk in chunks:
+        print(f"  objective in chunks of {chunk:5d} examples: {1e3 * times[chunk]:7.3f} ms")
     trainer = min(trainer_seconds_per_step(args.steps) for _ in range(args.repeats))
     naive = min(naive_seconds_per_step(args.steps // 4) for _ in range(args.repeats))
-    for label, seconds in (("objective (L, ∇L), one call", objective_time), ("trainer step", trainer)):
-        print(fraction_line(label, seconds, memory_bound, "bytes ÷ bandwidth"))
-        print(fraction_line(label, seconds, matmul_bound, "its products alone"))
+    for label, step in (("objective (L, ∇L), one call", times["objective"]), ("trainer step", trainer)):
+        print(fraction_line(label, step, memory_bound, "bytes ÷ bandwidth"))
+        print(fraction_line(label, step, matmul_bound, "its products alone"))
     print(f"  naive reference (autograd + torch.optim.SGD, float64): {1e3 * naive:8.3f} ms/step")
     print(f"  trainer vs naive loop: {naive / trainer:.2f}x")
 

@@ -16,10 +16,15 @@ shared machine (a ratio against a naive loop moves with the loop's speed):
   products' FLOPs ÷ that throughput: the time those products take alone, with nothing else in the step.
 
 Each timing is the best of `repeats` calls after one warm-up call: the least disturbed by other jobs.
+With one torch thread every timing is the CPU time of the calling thread (`time.thread_time`): the work
+itself, without the time other jobs held the cores (cache sharing with them still counts); with more
+threads, wall time. A step and its bounds are timed interleaved (:func:`best_seconds_each`), so a
+change of load between them cannot tilt the ratio.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,15 +34,36 @@ import torch
 FLOAT_BYTES = 4  # float32
 
 
-def best_seconds(work: Callable[[], object], repeats: int) -> float:
-    """Least wall time of `repeats` calls of `work`, after one warm-up call."""
+def clock() -> float:
+    """Seconds: this thread's CPU time with one torch thread (all the work runs on it), else wall time."""
+    return time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
+
+def clock_name() -> str:
+    return "CPU time of the one thread" if torch.get_num_threads() == 1 else "wall time"
+
+
+def seconds(work: Callable[[], object]) -> float:
+    """Time of one call of `work` by :func:`clock`."""
+    started = clock()
     work()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+    return clock() - started
+
+
+def best_seconds_each(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Least time of `repeats` calls of each of `works`, called in turn (after one warm-up call each)."""
+    for work in works.values():
         work()
-        times.append(time.perf_counter() - started)
-    return min(times)
+    best = dict.fromkeys(works, math.inf)
+    for _ in range(repeats):
+        for name, work in works.items():
+            best[name] = min(best[name], seconds(work))
+    return best
+
+
+def best_seconds(work: Callable[[], object], repeats: int) -> float:
+    """Least time of `repeats` calls of `work`, after one warm-up call."""
+    return best_seconds_each({"work": work}, repeats)["work"]
 
 
 @dataclass(frozen=True)
@@ -63,11 +89,18 @@ class Bandwidth:
 def measure_bandwidth(elements: int, repeats: int = 20) -> Bandwidth:
     """STREAM-like read, copy and triad rates on float32 arrays of `elements` elements."""
     a, b, c = torch.rand(elements), torch.rand(elements), torch.rand(elements)
-    read = best_seconds(lambda: a.sum(), repeats)  # 4n bytes
-    copy = best_seconds(lambda: b.copy_(a), repeats)  # 8n bytes
-    triad = best_seconds(lambda: torch.add(b, c, alpha=3.0, out=a), repeats)  # 12n bytes
+    times = best_seconds_each(
+        {
+            "read": lambda: a.sum(),  # 4n bytes
+            "copy": lambda: b.copy_(a),  # 8n bytes
+            "triad": lambda: torch.add(b, c, alpha=3.0, out=a),  # 12n bytes
+        },
+        repeats,
+    )
     n = elements * FLOAT_BYTES
-    return Bandwidth(elements, read=n / read, copy=2 * n / copy, triad=3 * n / triad)
+    return Bandwidth(
+        elements, read=n / times["read"], copy=2 * n / times["copy"], triad=3 * n / times["triad"]
+    )
 
 
 @dataclass(frozen=True)
@@ -185,6 +218,12 @@ def record_products(work: Callable[[], object]) -> list[RecordedProduct]:
 def replay_seconds(products: Sequence[RecordedProduct], repeats: int = 20) -> float:
     """Least time to run `products` alone, one after another, with fresh tensors of the recorded sizes
     and strides: the time the step's matmuls take with nothing else in the step."""
+    return best_seconds(replay(products), repeats)
+
+
+def replay(products: Sequence[RecordedProduct]) -> Callable[[], None]:
+    """A function that runs `products` alone, one after another, on fresh tensors of the recorded sizes
+    and strides (made once)."""
     from torch.utils._pytree import tree_map
 
     def materialize(value: object) -> object:
@@ -201,4 +240,4 @@ def replay_seconds(products: Sequence[RecordedProduct], repeats: int = 20) -> fl
         for op, args, kwargs in calls:
             op(*args, **kwargs)
 
-    return best_seconds(run, repeats)
+    return run

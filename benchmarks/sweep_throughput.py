@@ -30,12 +30,19 @@ logging and checkpoints are otherwise off. Every limit is measured in this run, 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 import torch._dynamo  # torch.optim imports it on first use: here, that second stays out of the timings
-from machine_limits import FLOAT_BYTES, fraction_line, measure_bandwidth, record_products, replay_seconds
+from machine_limits import (
+    FLOAT_BYTES,
+    clock_name,
+    fraction_line,
+    measure_bandwidth,
+    record_products,
+    replay_seconds,
+    seconds,
+)
 
 from momentumlab.experiments.teacher_student import Settings as TableOneSettings
 from momentumlab.models.cubic_cnn import CubicCNN, logistic_objective
@@ -86,12 +93,6 @@ def naive_run(config: FeatureMarginRunConfig) -> None:
         optimizer.step()
 
 
-def seconds(work: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
-
-
 def report(label: str, run_steps: int, elapsed: float) -> float:
     print(f"  {label:<58} {elapsed:8.2f} s  {run_steps / elapsed:10.1f} run-steps/s")
     return run_steps / elapsed
@@ -108,7 +109,7 @@ def feature_margin_suite(runs: int, steps: int) -> None:
     configs = [feature_margin_config(seed, lr, steps) for seed, lr in grid(runs)]
     print(
         f"feature-margin default (N=20000, d=30, P=5, m=5), GD+M γ={MOMENTUM}, {runs} runs "
-        f"({SEEDS} seeds) × {steps} steps, torch threads = {torch.get_num_threads()}"
+        f"({SEEDS} seeds) × {steps} steps, torch threads = {torch.get_num_threads()}, timed by {clock_name()}"
     )
     data = build_data(configs[0]).train.inputs
     datasets = len({seed for seed, _ in grid(runs)})
@@ -169,7 +170,8 @@ def student_config(architecture: str, batch_size: int | None, seed: int, lr: flo
 def students_suite(runs: int, epochs: int) -> None:
     print(
         f"teacher–student: Table 1's students as the reproduction calibrates them, GD+M γ=0.9, {runs} runs "
-        f"({SEEDS} seeds) × {epochs} epochs each, torch threads = {torch.get_num_threads()}"
+        f"({SEEDS} seeds) × {epochs} epochs each, torch threads = {torch.get_num_threads()}, "
+        f"timed by {clock_name()}"
     )
     totals = {"batched": 0.0, "sequential": 0.0}
     short_epochs = max(1, epochs // 5)
