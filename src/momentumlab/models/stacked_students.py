@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 
 def _count(parameters: dict[str, torch.Tensor], prefix: str) -> int:
+    """Layers named `prefix`0, `prefix`1, …"""
     return sum(1 for name in parameters if name.startswith(prefix) and name.endswith(".weight"))
 
 
@@ -36,17 +37,13 @@ class StackedStudents:
 
     def __init__(self, parameters: dict[str, torch.Tensor], dim: int):
         self.dim = dim
-        self.depth = _count(parameters, "convolutions.")
-        self.convolutional = self.depth > 0
-        if not self.convolutional:
-            self.depth = _count(parameters, "hidden.")
+        self.convolutional = "convolutions.0.weight" in parameters
+        self.depth = _count(parameters, "convolutions." if self.convolutional else "hidden.")
         if self.convolutional:
             self.kernel = parameters["convolutions.0.weight"].shape[-1]
-            self.left = (
-                self.kernel - 1
-            ) // 2  # PyTorch's padding='same' puts the odd extra zero on the right
+            self.left = (self.kernel - 1) // 2  # padding='same' puts the odd extra zero on the right
             self.span = dim + self.kernel - 1  # columns of one example in the padded layout
-        self._buffers: dict[str, torch.Tensor] = {}
+        self._buffers: dict[str, torch.Tensor] = {}  # kept between calls (CNN feature maps)
 
     def features(self, inputs: torch.Tensor) -> torch.Tensor:
         """What the first product reads: [x, 1] (R, B, d+1) for an MLP; for a CNN, channels-first, the
@@ -124,8 +121,7 @@ class StackedStudents:
         if (
             buffer is None
             or buffer.shape != shape
-            or buffer.dtype != like.dtype
-            or buffer.device != like.device
+            or (buffer.dtype, buffer.device) != (like.dtype, like.device)
         ):
             buffer = self._buffers[name] = like.new_zeros(shape)
         return buffer
@@ -141,9 +137,8 @@ class StackedStudents:
         torch.bmm(first, features, out=hidden[0]).relu_()  # h_1, with k−1 zero columns around
         for layer in range(1, self.depth):  # h_l = ReLU(b + Σ_t W_t h_{l−1}(· + t − left)), padding zeroed
             source = hidden[-1] if layer == 1 else F.pad(hidden[-1], (left, k - 1 - left))
-            taps = (
-                p[f"convolutions.{layer}.weight"].permute(3, 0, 1, 2).contiguous()
-            )  # W_t, (k, R, C_out, C_in)
+            weight = p[f"convolutions.{layer}.weight"]
+            taps = weight.permute(3, 0, 1, 2).contiguous()  # W_t, (k, R, C_out, C_in)
             out = self._buffer(f"h{layer}", (runs, taps.shape[2], length), features)
             torch.baddbmm(
                 p[f"convolutions.{layer}.bias"].unsqueeze(-1), taps[0], source[..., :length], out=out
@@ -155,9 +150,8 @@ class StackedStudents:
             padded[..., left + d :] = 0
             hidden.append(out)
         inner = [hidden[0][..., left : left + length], *hidden[1:]]
-        readout = F.pad(
-            p["readout.weight"].view(runs, channels, d), (left, k - 1 - left)
-        )  # a, zero on padding
+        readout = p["readout.weight"].view(runs, channels, d)  # a, (R, C, d) as the module flattens
+        readout = F.pad(readout, (left, k - 1 - left))  # zero on padding positions
         top = inner[-1].reshape(runs * channels, n, span)  # one matrix per (run, channel)
         per_channel = torch.bmm(top, readout.reshape(runs * channels, span, 1))  # Σ_p a_cp h_cp(x_i)
         outputs = per_channel.view(runs, channels, n).sum(dim=1) + p["readout.bias"]
@@ -184,9 +178,8 @@ class StackedStudents:
             )  # ∂L/∂W_t = Σ_q δ(q) h_{l−1}(q + t − left)ᵀ
             gradients[f"convolutions.{layer}.weight"] = weight_gradient
             gradients[f"convolutions.{layer}.bias"] = error.sum(dim=-1)
-            taps = (
-                p[f"convolutions.{layer}.weight"].permute(3, 0, 2, 1).contiguous()
-            )  # W_tᵀ, (k, R, C_in, C_out)
+            weight = p[f"convolutions.{layer}.weight"]
+            taps = weight.permute(3, 0, 2, 1).contiguous()  # W_tᵀ, (k, R, C_in, C_out)
             below = self._buffer(f"below{layer}", (runs, taps.shape[2], length), features)
             torch.bmm(taps[0], spread[..., k - 1 : k - 1 + length], out=below)
             for t in range(1, k):
