@@ -189,6 +189,10 @@ def students_suite(runs: int, epochs: int) -> None:
             batched = seconds(lambda configs=configs: train_students_batched(configs, [None] * len(configs)))
             step = (batched - short) / ((epochs - short_epochs) * per_epoch)
             sequential = seconds(lambda configs=configs: [train_student(c) for c in configs])
+            one = seconds(lambda: train_student(batch(epochs)[0])) - seconds(
+                lambda: train_student(batch(short_epochs)[0])
+            )
+            one_step = one / ((epochs - short_epochs) * per_epoch)  # one run's step in train_student()
             totals["batched"] += batched
             totals["sequential"] += sequential
             label = f"{architecture} (width {STUDENT_WIDTHS[architecture]}), " + (
@@ -198,6 +202,10 @@ def students_suite(runs: int, epochs: int) -> None:
                 f"  {label:36s} step of {runs} runs {1e3 * step:7.3f} ms = {flops / step / 1e9:5.1f} GFLOP/s; "
                 f"its bmm alone {1e3 * alone:7.3f} ms = {flops / alone / 1e9:5.1f} GFLOP/s: "
                 f"at {alone / step:5.1%} of bmm throughput"
+            )
+            print(
+                f"  {'':36s} per step: train_student() {1e3 * one_step:6.3f} ms per run, × {runs} runs: "
+                f"{runs * one_step / step:.2f}x the batched step"
             )
             print(
                 f"  {'':36s} end to end: batched {batched:6.2f} s, train_student() one after another "
