@@ -1,26 +1,48 @@
-"""Training-step time on the default feature–margin data: momentumlab's trainer vs a naive loop.
+"""Training-step time on the default feature–margin data against the machine's limits, and a naive loop.
 
-The naive reference is what one would write by hand: the cubic CNN as an `nn.Module` in float64,
-autograd for the gradient and `torch.optim.SGD` for GD+M (heavy-ball form with lr = η(1−γ), which has
-GD+M's iterates). The project's number is the per-step cost of `momentumlab.train.feature_margin.train_feature_margin` itself,
-measured as the difference between two run lengths so that data generation and setup cancel.
+One full-batch step (N = 20000 examples, P = 5 patches, d = 30, m = 5 filters; float32) must at least
+- read the data once:      bytes = 4·N·P·d (12 MB) + 4·7·N for the per-example vectors (outputs,
+                           margins, labels; the chunk buffers of (m, chunk·P) stay in cache), and
+- run its two products:    FLOPs = 2·m·d·(N·P) for the projections ⟨w_r, X_i[j]⟩ and as many for the
+                           gradient Σ_i Σ_j c_ij X_i[j] (60 MFLOP; the cubes and sums are O(m·N·P)).
+Both limits are measured in this run (machine_limits.py): memory bandwidth STREAM-like on arrays the
+size of the data, and the step's own matrix products, recorded with their exact shapes and layouts and
+replayed alone. Each step time is printed with its bound (bytes ÷ bandwidth; products alone) and the
+fraction of the limit it reaches; beside it, the old yardstick: the naive loop one would write by hand
+(the cubic CNN as an `nn.Module` in float64, autograd, `torch.optim.SGD` for GD+M in heavy-ball form
+with lr = η(1−γ), which has GD+M's iterates).
 
-    python benchmarks/feature_margin_step.py [--steps 1000] [--repeats 3]
+The trainer's number is the per-step cost of `train_feature_margin` itself, measured as the difference
+between two run lengths so that data generation and setup cancel; "objective" is one call of the
+full-batch (L, ∇L) it steps on.
+
+    python benchmarks/feature_margin_step.py [--steps 1000] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Callable
 
 import torch
+from machine_limits import (
+    FLOAT_BYTES,
+    best_seconds_each,
+    clock_name,
+    fraction_line,
+    measure_bandwidth,
+    record_products,
+    replay,
+    seconds,
+)
 
-from momentumlab.models.cubic_cnn import CubicCNN, logistic_objective
+from momentumlab.models.cubic_cnn import CubicCNN, FullBatchCubicObjective, logistic_objective
 from momentumlab.optim import ema_to_heavy_ball
 from momentumlab.runs.feature_margin import FeatureMarginRunConfig
 from momentumlab.train.feature_margin import build_data, build_model, train_feature_margin
 
 LR, MOMENTUM = 0.5, 0.99
+PER_EXAMPLE_VECTORS = 7  # f written and read, −y read twice, −3y/N read, margins written and read
 
 
 def config(steps: int) -> FeatureMarginRunConfig:
@@ -32,15 +54,14 @@ def config(steps: int) -> FeatureMarginRunConfig:
     )
 
 
-def trainer_ms_per_step(steps: int) -> float:
-    short, long = (
-        train_feature_margin(config(steps // 5)).seconds,
-        train_feature_margin(config(steps // 5 + steps)).seconds,
-    )
-    return 1e3 * (long - short) / steps
+def trainer_seconds_per_step(steps: int) -> float:
+    """Per-step time of `train_feature_margin`: the difference of two run lengths (setup cancels)."""
+    short = seconds(lambda: train_feature_margin(config(steps // 5)))
+    long = seconds(lambda: train_feature_margin(config(steps // 5 + steps)))
+    return (long - short) / steps
 
 
-def naive_ms_per_step(steps: int) -> float:
+def naive_seconds_per_step(steps: int) -> float:
     run = config(steps)
     data = build_data(run)
     inputs, labels = data.train.inputs, data.train.labels  # float64
@@ -48,13 +69,15 @@ def naive_ms_per_step(steps: int) -> float:
     model.load_state_dict({"weight": build_model(run).weight.detach().double()})
     lr, momentum = ema_to_heavy_ball(LR, MOMENTUM)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    started = time.perf_counter()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = logistic_objective(model(inputs), labels, model.weight, 0.0)
-        loss.backward()
-        optimizer.step()
-    return 1e3 * (time.perf_counter() - started) / steps
+
+    def loop() -> None:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = logistic_objective(model(inputs), labels, model.weight, 0.0)
+            loss.backward()
+            optimizer.step()
+
+    return seconds(loop) / steps
 
 
 def main() -> None:
@@ -63,15 +86,54 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    run = config(args.steps)
+    data = build_data(run).to(torch.device("cpu"), torch.float32)
+    inputs, labels = data.train.inputs, data.train.labels
+    n, patches, dim = inputs.shape
+    weight = build_model(run).weight.detach()
+
+    def objective(chunk: int | None = None) -> Callable[[], object]:
+        full_batch = FullBatchCubicObjective(inputs, labels, run.model.width, run.train.l2, chunk=chunk)
+        return lambda: full_batch.loss_and_gradient(weight)
+
+    default = FullBatchCubicObjective(inputs, labels, run.model.width, run.train.l2)
     print(
-        f"feature-margin default data (N=20000, d=30, P=5, m=5), GD+M, torch threads = {torch.get_num_threads()}"
+        f"feature-margin default data (N={n}, P={patches}, d={dim}, m={run.model.width}), GD+M, float32, "
+        f"torch threads = {torch.get_num_threads()}, timed by {clock_name()}; "
+        f"{len(default.bounds)} chunks of examples"
     )
-    trainer = min(trainer_ms_per_step(args.steps) for _ in range(args.repeats))
-    naive = min(naive_ms_per_step(args.steps // 4) for _ in range(args.repeats))
-    print(f"naive reference (autograd + torch.optim.SGD, float64): {naive:8.3f} ms/step")
-    print(f"momentumlab trainer (closed-form gradient, float32):   {trainer:8.3f} ms/step")
-    print(f"speed-up: {naive / trainer:.2f}x (target >= 3x)")
+    bandwidth = measure_bandwidth(inputs.numel())
+    data_bytes = FLOAT_BYTES * (inputs.numel() + PER_EXAMPLE_VECTORS * n)
+    memory_bound = data_bytes / bandwidth.best
+    products = record_products(lambda: default.loss_and_gradient(weight))
+    flops = sum(p.flops for p in products)
+    chunks = (n // 40, n // 10, n // 3, n)  # the default against other chunkings
+    times = best_seconds_each(
+        {"objective": objective(), "products": replay(products)} | {c: objective(c) for c in chunks},
+        20 * args.repeats,
+    )
+    matmul_bound = times["products"]
+    print(f"  {bandwidth.describe()}")
+    print(
+        f"  the step's {len(products)} matrix products ({flops / 1e6:.1f} MFLOP) alone: "
+        f"{1e3 * matmul_bound:.3f} ms, {flops / matmul_bound / 1e9:.1f} GFLOP/s"
+    )
+    print(
+        f"  memory bound: {data_bytes / 1e6:.2f} MB ÷ {bandwidth.best / 1e9:.1f} GB/s = {1e3 * memory_bound:.3f} ms"
+    )
+    for chunk in chunks:
+        print(f"  objective in chunks of {chunk:5d} examples: {1e3 * times[chunk]:7.3f} ms")
+    trainer = min(trainer_seconds_per_step(args.steps) for _ in range(args.repeats))
+    naive = min(naive_seconds_per_step(args.steps // 4) for _ in range(args.repeats))
+    for label, step in (("objective (L, ∇L), one call", times["objective"]), ("trainer step", trainer)):
+        print(fraction_line(label, step, memory_bound, "bytes ÷ bandwidth"))
+        print(fraction_line(label, step, matmul_bound, "its products alone"))
+    print(f"  naive reference (autograd + torch.optim.SGD, float64): {1e3 * naive:8.3f} ms/step")
+    print(f"  trainer vs naive loop: {naive / trainer:.2f}x")
 
 
 if __name__ == "__main__":

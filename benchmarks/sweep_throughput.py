@@ -1,18 +1,27 @@
-"""Sweep throughput: many runs trained in one computation by the batched engines vs one after another.
+"""Sweep throughput: many runs trained in one computation by the batched engines, against the machine's
+limits and against the same runs one after another.
 
 feature-margin: R runs of the feature–margin default (GD+M, γ = 0.99; learning rates × 4 seeds, so
-4 datasets) for a fixed number of steps, through `momentumlab.train.feature_margin_batched.train_batched`, vs the same
+4 datasets) through `train_batched`. Its step reads each dataset once for all of that dataset's runs
+and runs two batched products per chunk of examples, so its bound is the larger of
+    memory:  bytes = 4·N·P·d per dataset (12 MB each), ÷ STREAM-like bandwidth on arrays that size
+    matmul:  FLOPs = 2 · 2·(runs·m)·d·(N·P) per dataset (both products), timed by replaying the step's
+             own `bmm` calls (recorded with their exact shapes and layouts) alone
+and run-steps/s is printed as a fraction of R ÷ bound. Beside it, end to end (setup included): the same
 runs one after another with (a) the naive reference loop of `feature_margin_step.py` (the cubic CNN as
 an `nn.Module` in float64, autograd, `torch.optim.SGD` in heavy-ball form) and (b) the project's
-single-run trainer `momentumlab.train.feature_margin.train_feature_margin` (the stricter baseline). Target: ≥ 5× over (a).
+single-run trainer `train_feature_margin` (the stricter baseline).
 
 students: for each of Table 1's students as the teacher–student reproduction calibrates them (full
-batch and its SGD minibatch), R runs (GD+M; learning rates × 4 seeds) for a fixed number of epochs,
-through `momentumlab.train.teacher_student_batched.train_students_batched`, vs
-`momentumlab.train.teacher_student.train_student` one after another. Target: ≥ 10×.
+batch and its SGD minibatch), R runs (GD+M; learning rates × 4 seeds) through `train_students_batched`.
+Its step is batched products (`bmm`) and elementwise work on their outputs; the bound is the step's
+products replayed alone (FLOPs = 2·batch·M·K·N each, recorded from one epoch of the engine), and the
+step's achieved GFLOP/s is printed as a fraction of the `bmm` throughput at those shapes (target ≥ 60%).
+Beside it, end to end: `train_student` one after another (target ≥ 10×).
 
-Every number is end to end in this process, setup included (drawing data, building models, the first
-and last logged rows), since that is what a sweep costs; logging and checkpoints are otherwise off.
+Per-step times are differences between two run lengths, so setup cancels; the speed-ups are end to end
+(drawing data, building models, the first and last logged rows), since that is what a sweep costs;
+logging and checkpoints are otherwise off. Every limit is measured in this run, at the same thread count.
 
     python benchmarks/sweep_throughput.py [--suite {feature-margin,students,all}] [--steps 200] [--epochs 30]
                                           [--runs 32] [--threads N]
@@ -21,11 +30,19 @@ and last logged rows), since that is what a sweep costs; logging and checkpoints
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 import torch._dynamo  # torch.optim imports it on first use: here, that second stays out of the timings
+from machine_limits import (
+    FLOAT_BYTES,
+    clock_name,
+    fraction_line,
+    measure_bandwidth,
+    record_products,
+    replay_seconds,
+    seconds,
+)
 
 from momentumlab.experiments.teacher_student import Settings as TableOneSettings
 from momentumlab.models.cubic_cnn import CubicCNN, logistic_objective
@@ -34,7 +51,7 @@ from momentumlab.runs.feature_margin import FeatureMarginRunConfig
 from momentumlab.runs.teacher_student import TeacherStudentRunConfig
 from momentumlab.train.feature_margin import build_data, build_model, train_feature_margin
 from momentumlab.train.feature_margin_batched import train_batched
-from momentumlab.train.teacher_student import train_student
+from momentumlab.train.teacher_student import steps_per_epoch, train_student
 from momentumlab.train.teacher_student_batched import train_students_batched
 
 MOMENTUM = 0.99
@@ -76,29 +93,49 @@ def naive_run(config: FeatureMarginRunConfig) -> None:
         optimizer.step()
 
 
-def seconds(work: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
-
-
 def report(label: str, run_steps: int, elapsed: float) -> float:
     print(f"  {label:<58} {elapsed:8.2f} s  {run_steps / elapsed:10.1f} run-steps/s")
     return run_steps / elapsed
+
+
+def batched_products(work: Callable[[], object], evaluations: int) -> tuple[float, float]:
+    """(FLOPs, seconds alone) per evaluation of the batched (3-D) products that `work` calls `evaluations`
+    times (2-D products: the single-run measurements at logged rows, not part of a step)."""
+    products = [p for p in record_products(work) if len(p.args[-1].size) == 3]
+    return sum(p.flops for p in products) / evaluations, replay_seconds(products) / evaluations
 
 
 def feature_margin_suite(runs: int, steps: int) -> None:
     configs = [feature_margin_config(seed, lr, steps) for seed, lr in grid(runs)]
     print(
         f"feature-margin default (N=20000, d=30, P=5, m=5), GD+M γ={MOMENTUM}, {runs} runs "
-        f"({SEEDS} seeds) × {steps} steps, torch threads = {torch.get_num_threads()}"
+        f"({SEEDS} seeds) × {steps} steps, torch threads = {torch.get_num_threads()}, timed by {clock_name()}"
+    )
+    data = build_data(configs[0]).train.inputs
+    datasets = len({seed for seed, _ in grid(runs)})
+    bandwidth = measure_bandwidth(data.numel())
+    memory_bound = datasets * FLOAT_BYTES * data.numel() / bandwidth.best
+    one_step = [feature_margin_config(seed, lr, 1) for seed, lr in grid(runs)]
+    # a 1-step run evaluates the full batch twice: at step 0 and after the last step
+    flops, matmul_bound = batched_products(lambda: train_batched(one_step, [None] * runs), evaluations=2)
+    print(f"  {bandwidth.describe()}")
+    print(
+        f"  one step of {runs} runs: memory bound {datasets} × {FLOAT_BYTES * data.numel() / 1e6:.1f} MB ÷ "
+        f"{bandwidth.best / 1e9:.1f} GB/s = {1e3 * memory_bound:.2f} ms; its products ({flops / 1e9:.2f} GFLOP) "
+        f"alone {1e3 * matmul_bound:.2f} ms ({flops / matmul_bound / 1e9:.1f} GFLOP/s)"
+    )
+    short = [feature_margin_config(seed, lr, steps // 5) for seed, lr in grid(runs)]
+    short_seconds = seconds(lambda: train_batched(short, [None] * runs))
+    long_seconds = seconds(lambda: train_batched(configs, [None] * runs))
+    step = (long_seconds - short_seconds) / (steps - steps // 5)
+    bound = max(memory_bound, matmul_bound)
+    print(fraction_line(f"batched step of {runs} runs", step, bound, "max(memory, products)"))
+    print(
+        f"  batched: {runs / step:.0f} run-steps/s per step; bound {runs / bound:.0f} run-steps/s "
+        f"(memory {runs / memory_bound:.0f}, products {runs / matmul_bound:.0f})"
     )
     total = runs * steps
-    batched = report(
-        "batched engine (train_batched, float32)",
-        total,
-        seconds(lambda: train_batched(configs, [None] * runs)),
-    )
+    batched = report("batched engine end to end (train_batched, float32)", total, long_seconds)
     single = report(
         "one after another: train_feature_margin() (closed form, float32)",
         total,
@@ -133,21 +170,45 @@ def student_config(architecture: str, batch_size: int | None, seed: int, lr: flo
 def students_suite(runs: int, epochs: int) -> None:
     print(
         f"teacher–student: Table 1's students as the reproduction calibrates them, GD+M γ=0.9, {runs} runs "
-        f"({SEEDS} seeds) × {epochs} epochs each, torch threads = {torch.get_num_threads()}"
+        f"({SEEDS} seeds) × {epochs} epochs each, torch threads = {torch.get_num_threads()}, "
+        f"timed by {clock_name()}"
     )
     totals = {"batched": 0.0, "sequential": 0.0}
+    short_epochs = max(1, epochs // 5)
     for architecture in STUDENT_WIDTHS:
         for batch_size in (None, MINIBATCH):
-            configs = [student_config(architecture, batch_size, s, lr, epochs) for s, lr in grid(runs)]
+
+            def batch(epochs: int, architecture=architecture, batch_size=batch_size) -> list:
+                return [student_config(architecture, batch_size, s, lr, epochs) for s, lr in grid(runs)]
+
+            configs, per_epoch = batch(epochs), steps_per_epoch(batch(epochs)[0])
+            flops, alone = batched_products(
+                lambda: train_students_batched(batch(1), [None] * runs), evaluations=per_epoch
+            )
+            short = seconds(lambda: train_students_batched(batch(short_epochs), [None] * runs))
             batched = seconds(lambda configs=configs: train_students_batched(configs, [None] * len(configs)))
+            step = (batched - short) / ((epochs - short_epochs) * per_epoch)
             sequential = seconds(lambda configs=configs: [train_student(c) for c in configs])
+            one = seconds(lambda: train_student(batch(epochs)[0])) - seconds(
+                lambda: train_student(batch(short_epochs)[0])
+            )
+            one_step = one / ((epochs - short_epochs) * per_epoch)  # one run's step in train_student()
             totals["batched"] += batched
             totals["sequential"] += sequential
             label = f"{architecture} (width {STUDENT_WIDTHS[architecture]}), " + (
                 "full batch" if batch_size is None else f"minibatch {batch_size}"
             )
             print(
-                f"  {label:36s} batched {batched:6.2f} s, train_student() one after another "
+                f"  {label:36s} step of {runs} runs {1e3 * step:7.3f} ms = {flops / step / 1e9:5.1f} GFLOP/s; "
+                f"its bmm alone {1e3 * alone:7.3f} ms = {flops / alone / 1e9:5.1f} GFLOP/s: "
+                f"at {alone / step:5.1%} of bmm throughput"
+            )
+            print(
+                f"  {'':36s} per step: train_student() {1e3 * one_step:6.3f} ms per run, × {runs} runs: "
+                f"{runs * one_step / step:.2f}x the batched step"
+            )
+            print(
+                f"  {'':36s} end to end: batched {batched:6.2f} s, train_student() one after another "
                 f"{sequential:6.2f} s: {sequential / batched:.2f}x"
             )
     ratio = totals["sequential"] / totals["batched"]

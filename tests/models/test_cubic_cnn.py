@@ -152,12 +152,14 @@ def test_cubic_loss_and_gradient_on_minibatch():
     torch.testing.assert_close(gradient, ref_gradient, **TOLERANCES[torch.float64])
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 7, N])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("l2", [0.0, 0.3])
-def test_full_batch_objective_equals_autograd(l2, dtype):
-    """FullBatchCubicObjective.loss_and_gradient equals autograd; `outputs` equals the forward pass."""
+def test_full_batch_objective_equals_autograd(l2, dtype, chunk):
+    """FullBatchCubicObjective.loss_and_gradient equals autograd; `outputs` equals the forward pass;
+    for any chunk of examples (7: five full chunks and a partial one)."""
     inputs, labels, weight = _problem(seed=4)
-    objective = FullBatchCubicObjective(inputs.to(dtype), labels.to(dtype), width=M, l2=l2)
+    objective = FullBatchCubicObjective(inputs.to(dtype), labels.to(dtype), width=M, l2=l2, chunk=chunk)
     loss, gradient = objective.loss_and_gradient(weight.to(dtype))
     ref_loss, ref_gradient = _autograd_reference(weight, inputs, labels, l2)
     assert gradient.dtype == dtype
@@ -179,7 +181,7 @@ def test_full_batch_objective_repeated_calls(l2):
     """Calls with W1, W2, W1 again each match autograd at their own W: the buffers carry nothing over."""
     inputs, labels, weight_1 = _problem(seed=5)
     weight_2 = torch.randn(M, D, generator=torch.Generator().manual_seed(99), dtype=torch.float64) * 0.4
-    objective = FullBatchCubicObjective(inputs, labels, width=M, l2=l2)
+    objective = FullBatchCubicObjective(inputs, labels, width=M, l2=l2, chunk=7)
 
     results = []
     for weight in (weight_1, weight_2, weight_1):

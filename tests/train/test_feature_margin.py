@@ -170,6 +170,23 @@ def test_full_batch_training_equals_an_autograd_reference_loop(optimizer):
     assert_rows_match_reference(record, history, data, config)
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 10_000])
+def test_training_over_chunks_of_examples_equals_the_autograd_reference_loop(monkeypatch, chunk_bytes):
+    """The full-batch objective's one pass over chunks of examples (1 byte: one example per chunk;
+    10 kB: chunks of 41 of the 400 examples, the last one partial) trains as autograd does."""
+    from momentumlab.models import cubic_cnn
+
+    monkeypatch.setattr(cubic_cnn, "CPU_CHUNK_BYTES", chunk_bytes)
+    config = make_tiny_config(
+        *FLOAT64, "optimizer.name=ema_momentum", "optimizer.momentum=0.9", "train.l2=0.01"
+    )
+    record = train_feature_margin(config)
+    weight, history, data = reference_run(config)
+    assert (weight - history[0][1]).norm() > 10 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(record.weights["weight"], weight, rtol=1e-10, atol=1e-12)
+    assert_rows_match_reference(record, history, data, config)
+
+
 def test_ema_momentum_buffer_starts_at_zero_not_at_the_first_gradient():
     """GD+M's first step is η(1−γ)∇L(W0), not η∇L(W0) as torch's SGD(dampening=γ) would take."""
     config = make_tiny_config(

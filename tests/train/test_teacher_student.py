@@ -12,7 +12,7 @@ from helpers import raise_at
 
 from momentumlab.config import validate
 from momentumlab.data.teacher import TeacherDataConfig, make_teacher, make_teacher_data
-from momentumlab.models.mlp import build_network, stacked_outputs
+from momentumlab.models.mlp import build_network
 from momentumlab.runs import RunRecord
 from momentumlab.runs.teacher_student import TeacherStudentRunConfig
 from momentumlab.train.common import minibatch_indices
@@ -174,20 +174,6 @@ def test_initialization_is_seeded_uniform_on_inverse_sqrt_fan_in():
     bound = 1 / (6 * 3) ** 0.5  # second convolution: fan_in = 6 channels · kernel 3
     weight = first.convolutions[1].weight
     assert weight.abs().max() <= bound and weight.abs().max() > 0.8 * bound
-
-
-@pytest.mark.parametrize("architecture", ("linear", *STUDENTS))
-def test_stacked_outputs_equal_each_network(architecture):
-    networks = [
-        build_network(architecture, 9, 4, 4, torch.Generator().manual_seed(r)).double() for r in range(3)
-    ]
-    inputs = torch.randn(3, 11, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    stacked = {
-        name: torch.stack([dict(network.named_parameters())[name].detach() for network in networks])
-        for name, _ in networks[0].named_parameters()
-    }
-    expected = torch.stack([network(inputs[r]) for r, network in enumerate(networks)]).detach()
-    torch.testing.assert_close(stacked_outputs(stacked, inputs), expected, rtol=1e-12, atol=1e-12)
 
 
 # --- the reference trainer --------------------------------------------------------------------------------

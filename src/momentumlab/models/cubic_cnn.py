@@ -5,7 +5,8 @@ f_W(X) = Σ_r Σ_j ⟨w_r, X[j]⟩³,   L(W) = (1/N) Σ_i log(1 + exp(−y_i f_W
 :class:`CubicCNN` is the plain module (autograd works through it). :class:`FullBatchCubicObjective`
 is the training fast path: the closed-form gradient
 ∇_{w_r} L = (1/N) Σ_i −y_i σ(−y_i f_i) Σ_j 3⟨w_r, X_i[j]⟩² X_i[j] + λ w_r
-computed with two matrix products over a transposed copy of the data and preallocated buffers.
+computed in one pass over the data: per cache-sized chunk of examples, the forward product, the
+logistic weights and the gradient product, in preallocated buffers.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+CPU_CHUNK_BYTES = 2**21  # data per chunk on the CPU (2 MiB): with its buffers, about the two cores' L2 caches
 
 
 class CubicCNN(nn.Module):
@@ -56,34 +59,64 @@ def cubic_loss_and_gradient(
 
 
 class FullBatchCubicObjective:
-    """Full-batch (L, ∇L) of the cubic CNN on fixed data, without autograd or per-step allocation."""
+    """Full-batch (L, ∇L) of the cubic CNN on fixed data, without autograd or per-step allocation.
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, width: int, l2: float):
+    One pass over the data per call: the examples are split into chunks (contiguous (d, chunk·P)
+    copies, made once) and each chunk's forward product, cubes, logistic weights and gradient product
+    run back to back, so the gradient product reads the chunk while it is still in cache. On a GPU the
+    data is one chunk.
+    """
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        width: int,
+        l2: float,
+        chunk: int | None = None,
+    ):
         n, patches, dim = inputs.shape
-        self.n, self.patches, self.l2 = n, patches, l2
-        self.inputs_t = inputs.reshape(n * patches, dim).T.contiguous()  # (d, N·P)
+        if chunk is None:
+            chunk = n if inputs.device.type == "cuda" else max(1, CPU_CHUNK_BYTES // inputs[0].nbytes)
+        self.n, self.patches, self.width, self.l2 = n, patches, width, l2
+        self.bounds = [(first, min(first + chunk, n)) for first in range(0, n, chunk)]
+        self.inputs_t = [
+            inputs[first:last].reshape(-1, dim).T.contiguous() for first, last in self.bounds
+        ]  # (d, chunk·P) each
         self.neg_labels = -labels
+        self.gradient_weights = labels * (-3.0 / n)  # −3 y_i / N; times ℓ_i it weighs example i's gradient
         like = {"dtype": inputs.dtype, "device": inputs.device}
-        self._projections = torch.empty(width, n * patches, **like)
-        self._squares = torch.empty(width, n * patches, **like)
-        self._cubes = torch.empty(width, n * patches, **like)
-        self._patch_outputs = torch.empty(n * patches, **like)
+        rows = min(chunk, n)
+        self._projections = torch.empty(width * rows * patches, **like)
+        self._squares = torch.empty(width * rows * patches, **like)
+        self._coefficient = torch.empty(rows, **like)
         self.outputs = torch.empty(n, **like)  # f_W(X_i) at the last evaluated W
-        self._coefficient = torch.empty(n, **like)
+        self._margins = torch.empty(n, **like)
         self._gradient_t = torch.empty(dim, width, **like)  # ∇L transposed: this product order is faster
 
     def loss_and_gradient(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (L(W), ∇L(W)); the gradient tensor is a buffer reused by the next call."""
-        torch.mm(weight, self.inputs_t, out=self._projections)  # ⟨w_r, X_i[j]⟩ as (m, N·P)
-        torch.mul(self._projections, self._projections, out=self._squares)
-        torch.mul(self._squares, self._projections, out=self._cubes)
-        torch.sum(self._cubes, dim=0, out=self._patch_outputs)
-        torch.sum(self._patch_outputs.view(self.n, self.patches), dim=1, out=self.outputs)  # f_i
-        margins = torch.mul(self.outputs, self.neg_labels, out=self._coefficient)  # −y_i f_i
+        m, patches = self.width, self.patches
+        for index, ((first, last), inputs_t) in enumerate(zip(self.bounds, self.inputs_t)):
+            size = last - first
+            projections = self._projections[: m * size * patches].view(m, size * patches)
+            squares = self._squares[: m * size * patches].view(m, size * patches)
+            torch.mm(weight, inputs_t, out=projections)  # ⟨w_r, X_i[j]⟩
+            torch.mul(projections, projections, out=squares)
+            cubes = projections.mul_(squares).view(m, size, patches)
+            outputs = self.outputs[first:last]
+            torch.sum(cubes, dim=(0, 2), out=outputs)  # f_i = Σ_r Σ_j ⟨w_r, X_i[j]⟩³
+            coefficient = torch.mul(outputs, self.neg_labels[first:last], out=self._coefficient[:size])
+            coefficient.sigmoid_().mul_(
+                self.gradient_weights[first:last]
+            )  # −3 y_i ℓ_i / N, ℓ_i = σ(−y_i f_i)
+            squares.view(m, size, patches).mul_(coefficient.view(1, size, 1))
+            if index == 0:  # ∇_{w_r} L = Σ_i Σ_j (−3 y_i ℓ_i / N) ⟨w_r, X_i[j]⟩² X_i[j]
+                torch.mm(inputs_t, squares.T, out=self._gradient_t)
+            else:
+                self._gradient_t.addmm_(inputs_t, squares.T)
+        margins = torch.mul(self.outputs, self.neg_labels, out=self._margins)  # −y_i f_i
         loss = F.softplus(margins).mean()
-        coefficient = torch.sigmoid_(margins).mul_(self.neg_labels).mul_(3.0 / self.n)  # −3 y_i ℓ_i / N
-        self._squares.view(-1, self.n, self.patches).mul_(coefficient.view(1, self.n, 1))
-        torch.mm(self.inputs_t, self._squares.T, out=self._gradient_t)
         gradient = self._gradient_t.T
         if self.l2:
             loss = loss + 0.5 * self.l2 * weight.square().sum()

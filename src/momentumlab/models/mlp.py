@@ -11,20 +11,15 @@ Every network maps x ∈ R^d to one real output f(x):
 Weights and biases are drawn with PyTorch's default layer initialization, uniform on ±1/√fan_in, from
 an explicit generator, so a network is a function of its seed and not of the global random state.
 
-:func:`stacked_outputs` evaluates R networks of one architecture at once, from parameters stacked along
-a leading run dimension (the modules' parameter names, each of shape (R, *shape)): batched matrix
-products for the dense layers and the input convolution, one grouped convolution (a group per network)
-for each later convolution. It computes the modules' function, for training many runs in one computation.
+:mod:`momentumlab.models.stacked_students` evaluates and differentiates R of them at once.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURES = ("linear", "mlp1", "mlp2", "cnn1", "cnn2")
@@ -92,54 +87,3 @@ def build_network(
     if architecture.startswith("cnn"):
         return CNN1d(dim, width, kernel_size, depth, generator)
     return MLP(dim, width, depth, generator)
-
-
-def stacked_outputs(parameters: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
-    """f_r(x_{r,i}) of shape (R, N) for R stacked networks and inputs of shape (R, N, d).
-
-    The architecture is read from the parameter names (``hidden.*``: MLP, ``convolutions.*``: CNN).
-    """
-    readout_weight, readout_bias = parameters["readout.weight"], parameters["readout.bias"]
-    convolutions = list(_layers(parameters, "convolutions"))
-    hidden = inputs
-    if convolutions:
-        hidden = _stacked_input_convolution(inputs, *convolutions[0])
-        runs, n, length, channels = hidden.shape
-        if len(convolutions) == 1:
-            hidden = hidden.reshape(runs, n, length * channels)
-            # the module flattens (channel, position); channels-last features are ordered (position, channel)
-            readout_weight = readout_weight.view(runs, channels, length).transpose(1, 2).reshape(runs, 1, -1)
-        else:
-            hidden = hidden.permute(1, 0, 3, 2).reshape(n, runs * channels, length)  # the runs as groups
-            for weight, bias in convolutions[1:]:
-                hidden = F.conv1d(hidden, weight.flatten(0, 1), bias.flatten(), padding="same", groups=runs)
-                hidden = torch.relu(hidden)
-            hidden = hidden.view(n, runs, -1).transpose(0, 1)  # (R, N, C·d) in the module's order
-    else:
-        for weight, bias in _layers(parameters, "hidden"):
-            hidden = torch.relu(torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2)))
-    return torch.baddbmm(readout_bias.unsqueeze(1), hidden, readout_weight.transpose(1, 2)).squeeze(-1)
-
-
-def _layers(parameters: dict[str, torch.Tensor], prefix: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(weight, bias) of the layers ``prefix.0``, ``prefix.1``, … in order."""
-    index = 0
-    while f"{prefix}.{index}.weight" in parameters:
-        yield parameters[f"{prefix}.{index}.weight"], parameters[f"{prefix}.{index}.bias"]
-        index += 1
-
-
-def _stacked_input_convolution(
-    inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
-    """ReLU of the one-channel input layer, channels-last (R, N, d, C), for filters (R, C, 1, k).
-
-    A product of each input's unfolded windows with the filters: on the CPU a grouped convolution with
-    one input channel per group was 2–3 times slower.
-    """
-    runs, n, length = inputs.shape
-    kernel = weight.shape[-1]
-    left = (kernel - 1) // 2  # PyTorch's padding='same' puts the odd extra zero on the right
-    windows = F.pad(inputs, (left, kernel - 1 - left)).unfold(2, kernel, 1).reshape(runs, n * length, kernel)
-    hidden = torch.baddbmm(bias.unsqueeze(1), windows, weight.flatten(2).transpose(1, 2))
-    return torch.relu(hidden).view(runs, n, length, -1)

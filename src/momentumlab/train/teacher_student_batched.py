@@ -2,10 +2,9 @@
 
 Runs that share the student architecture, the data's shapes, epochs, batch size, logging, dtype and
 device (:func:`student_batch_key`) train together: their parameters are stacked along a leading run
-dimension and evaluated by :func:`~momentumlab.models.mlp.stacked_outputs`; each run keeps its own
-data (seed and teacher), minibatch order (its seed), learning rate, momentum rule and weight decay as
-per-run tensors. One backward pass of Σ_r L_r gives every run's own gradient, because no run's
-objective depends on another's parameters. One update covers every rule of
+dimension and evaluated and differentiated by :class:`~momentumlab.models.stacked_students.StackedStudents`
+(batched products and a hand-written backward pass, no autograd); each run keeps its own data (seed and teacher), minibatch order (its seed), learning rate, momentum rule and weight decay as
+per-run tensors. One update covers every rule of
 :mod:`momentumlab.optim.momentum`:
 
     b ← μ b + a ∇,   θ ← θ − η (c ∇ + e b)
@@ -24,7 +23,8 @@ as diverged at that epoch and leaves the stack; the others go on unchanged.
 The runs step in chunks whose hidden features stay below :data:`CHUNK_BYTES`: the step's time is
 spent in passes over those features, and on the CPU larger tensors (fresh memory mappings beyond
 glibc's 32 MiB threshold, then cache misses) made a step of 60 stacked CNNs up to twice as slow per run
-as chunks of a few runs.
+as chunks of a few runs. On a GPU the runs are one chunk, and a step's one host round trip is the
+check that every objective is finite.
 """
 
 from __future__ import annotations
@@ -38,13 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from momentumlab.config import content_hash, flatten
 from momentumlab.data.teacher import TeacherData
-from momentumlab.models.mlp import stacked_outputs
+from momentumlab.models.stacked_students import StackedStudents
 from momentumlab.optim.momentum import OptimizerConfig, build_optimizer
 from momentumlab.runs.record import RunRecord
 from momentumlab.train.checkpoint import checkpoint_position, load_checkpoint, save_checkpoint
@@ -119,9 +118,7 @@ class _Chunk:
     def __init__(self, runs: list[_Run]):
         self.runs = runs
         named = [dict(run.model.named_parameters()) for run in runs]
-        self.parameters = {
-            name: torch.stack([p[name].detach() for p in named]).requires_grad_() for name in named[0]
-        }
+        self.parameters = {name: torch.stack([p[name].detach() for p in named]) for name in named[0]}
         self.buffers = {
             name: torch.stack(
                 [
@@ -141,19 +138,23 @@ class _Chunk:
         )
         self.inputs = torch.stack([run.data.train.inputs for run in runs])
         self.labels = torch.stack([run.data.train.labels for run in runs])
+        self.students = StackedStudents(self.parameters, self.inputs.shape[-1])
+        self.features = self.students.features(self.inputs)  # the full batch's, made once
+        self.epoch, self.permutations = -1, torch.empty(0)
 
     def keep(self, kept: torch.Tensor) -> None:
         """Drop the runs where `kept` is False from every stacked tensor."""
         self.runs = [run for run, k in zip(self.runs, kept.tolist()) if k]
-        self.parameters = {name: p.detach()[kept].requires_grad_() for name, p in self.parameters.items()}
+        self.parameters = {name: p[kept] for name, p in self.parameters.items()}
         self.buffers = {name: b[kept] for name, b in self.buffers.items()}
         self.coefficients, self.weight_decay = self.coefficients[kept], self.weight_decay[kept]
-        self.inputs, self.labels = self.inputs[kept], self.labels[kept]
+        self.inputs, self.labels, self.features = self.inputs[kept], self.labels[kept], self.features[kept]
+        self.epoch = -1
 
     def slice(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Run `index`'s parameters and momentum buffers (views into the stack)."""
         return (
-            {name: p.detach()[index] for name, p in self.parameters.items()},
+            {name: p[index] for name, p in self.parameters.items()},
             {name: b[index] for name, b in self.buffers.items()},
         )
 
@@ -162,7 +163,7 @@ class _Chunk:
         the reference (which stops before stepping on a non-finite objective)."""
         while self.runs:
             finite = self.step(step, batch_size)
-            if finite.all():
+            if finite is None:
                 return
             for index in (~finite).nonzero().flatten().tolist():
                 run = self.runs[index]
@@ -187,45 +188,44 @@ class _Chunk:
         if not all(kept):
             self.keep(torch.tensor(kept))
 
-    def step(self, step: int, batch_size: int | None) -> torch.Tensor:
-        """One optimizer step of every run, unless some run's objective is not finite: then nothing moves.
-
-        Returns whether each run's objective before the step was finite, shape (r,).
-        """
-        inputs, labels = self.inputs, self.labels
+    def step(self, step: int, batch_size: int | None) -> torch.Tensor | None:
+        """One optimizer step of every run, unless some run's objective is not finite: then nothing moves
+        and the result is whether each run's objective was finite, shape (r,); None when all were."""
+        features, labels = self.features, self.labels
         if batch_size is not None:
             n = labels.shape[1]
-            batch = torch.stack(
-                [minibatch_indices(run.config.seed, step, batch_size, n) for run in self.runs]
-            )
-            batch = batch.to(labels.device)
-            inputs = inputs.gather(1, batch[..., None].expand(-1, -1, inputs.shape[2]))
-            labels = labels.gather(1, batch)
-        with torch.enable_grad():
-            outputs = stacked_outputs(self.parameters, inputs)
-            penalty = sum(p.square().flatten(1).sum(1) for p in self.parameters.values())
-            objective = F.softplus(-labels * outputs).mean(1) + 0.5 * self.weight_decay * penalty  # L_r
-            finite = torch.isfinite(objective.detach())
-            if not finite.all():
-                return finite
-            gradients = torch.autograd.grad(objective.sum(), list(self.parameters.values()))
+            epoch, position = divmod(step, n // batch_size)
+            if epoch != self.epoch:  # minibatch_indices(seed, e, n, n) is the whole permutation of epoch e
+                permutations = [minibatch_indices(run.config.seed, epoch, n, n) for run in self.runs]
+                self.epoch, self.permutations = epoch, torch.stack(permutations).to(labels.device)
+            batch = self.permutations[:, position * batch_size : (position + 1) * batch_size]
+            inputs = self.inputs.gather(1, batch[..., None].expand(-1, -1, self.inputs.shape[2]))
+            features, labels = self.students.features(inputs), labels.gather(1, batch)
+        loss, gradients = self.students.loss_and_gradients(self.parameters, features, labels)
+        penalty = sum(p.square().flatten(1).sum(1) for p in self.parameters.values())
+        finite = torch.isfinite(loss + 0.5 * self.weight_decay * penalty)  # L_r + (λ/2)‖θ_r‖²
+        if not finite.all():
+            return finite
         lr, momentum, gradient_share, gradient_step, buffer_step = self.coefficients.T
-        with torch.no_grad():
-            for (name, parameter), gradient in zip(self.parameters.items(), gradients):
-                shape = (-1,) + (1,) * (parameter.dim() - 1)
-                buffer = self.buffers[name]
-                buffer.mul_(momentum.view(shape)).add_(gradient * gradient_share.view(shape))  # b ← μb + a∇
-                direction = gradient * gradient_step.view(shape) + buffer * buffer_step.view(shape)
-                parameter.sub_(direction * lr.view(shape))  # θ ← θ − η(c∇ + eb)
-        return finite
+        for name, parameter in self.parameters.items():
+            shape = (-1,) + (1,) * (parameter.dim() - 1)
+            gradient = gradients[name].addcmul_(parameter, self.weight_decay.view(shape))  # ∇ + λθ
+            buffer = self.buffers[name]
+            buffer.mul_(momentum.view(shape)).addcmul_(gradient, gradient_share.view(shape))  # b ← μb + a∇
+            direction = gradient * gradient_step.view(shape) + buffer * buffer_step.view(shape)
+            parameter.sub_(direction * lr.view(shape))  # θ ← θ − η(c∇ + eb)
+        return None
 
 
 def _chunks(runs: list[_Run], batch_rows: int) -> list[_Chunk]:
-    """Consecutive runs grouped so that each chunk's widest hidden features fit in CHUNK_BYTES."""
+    """Consecutive runs grouped so that each chunk's widest hidden features fit in CHUNK_BYTES (on the
+    CPU; on a GPU all runs are one chunk)."""
     weights = [p for name, p in runs[0].model.named_parameters() if name.endswith("weight")]
     length = runs[0].config.data.dim  # a convolution's features have a channel per position
     widest = max(length * max(w.shape[:2]) if w.dim() == 3 else max(w.shape) for w in weights)
     size = max(1, CHUNK_BYTES // (batch_rows * widest * weights[0].element_size()))
+    if weights[0].device.type == "cuda":  # one chunk: one sync per step (the finiteness check)
+        size = len(runs)
     return [_Chunk(runs[i : i + size]) for i in range(0, len(runs), size)]
 
 

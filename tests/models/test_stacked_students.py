@@ -1,0 +1,77 @@
+"""The stacked students' hand-written loss and gradient against autograd through each run's module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from momentumlab.models.mlp import CNN1d, build_network
+from momentumlab.models.stacked_students import StackedStudents
+
+RUNS, BATCH, WIDTH = 3, 11, 4
+
+
+def _networks(architecture: str, dim: int, kernel: int, dtype: torch.dtype):
+    if architecture == "cnn3":  # no student has three convolutions; the stacked code allows any depth
+        return [CNN1d(dim, WIDTH, kernel, 3, torch.Generator().manual_seed(r)).to(dtype) for r in range(RUNS)]
+    return [
+        build_network(architecture, dim, WIDTH, kernel, torch.Generator().manual_seed(r)).to(dtype)
+        for r in range(RUNS)
+    ]
+
+
+def _stack(networks) -> dict[str, torch.Tensor]:
+    return {
+        name: torch.stack([dict(network.named_parameters())[name].detach() for network in networks])
+        for name, _ in networks[0].named_parameters()
+    }
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize(
+    ("architecture", "dim", "kernel"),
+    [("mlp1", 9, 5), ("mlp2", 9, 5)]
+    + [(cnn, dim, kernel) for cnn in ("cnn1", "cnn2") for dim, kernel in ((9, 5), (9, 4), (7, 2), (6, 1))]
+    + [("cnn3", 8, 3), ("cnn3", 8, 4)],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_loss_and_gradients_equal_autograd_through_each_network(architecture, dim, kernel, dtype):
+    """Every run's L_r and ∇L_r equal autograd's on its own module, for odd, even and unit kernels
+    (even: 'same' padding is asymmetric)."""
+    networks = _networks(architecture, dim, kernel, dtype)
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.randn(RUNS, BATCH, dim, generator=generator).to(dtype)
+    labels = (torch.randint(0, 2, (RUNS, BATCH), generator=generator) * 2 - 1).to(dtype)
+    parameters = _stack(networks)
+    students = StackedStudents(parameters, dim)
+    losses, gradients = students.loss_and_gradients(parameters, students.features(inputs), labels)
+    tolerance = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    assert set(gradients) == set(parameters)
+    for run, network in enumerate(networks):
+        loss = F.softplus(-labels[run] * network(inputs[run])).mean()
+        expected = torch.autograd.grad(loss, list(network.parameters()))
+        torch.testing.assert_close(losses[run], loss.detach(), **tolerance)
+        for (name, _), gradient in zip(network.named_parameters(), expected):
+            torch.testing.assert_close(gradients[name][run], gradient, **tolerance, msg=name)
+
+
+@pytest.mark.parametrize("architecture", ["mlp2", "cnn2"])
+def test_parameters_are_left_unchanged_and_buffers_carry_nothing_over(architecture):
+    """The passes work in their own buffers: the stacked parameters are not modified, and a second call
+    (other inputs, fewer runs) gives what a fresh instance gives."""
+    parameters = _stack(_networks(architecture, 9, 5, torch.float64))
+    before = {name: value.clone() for name, value in parameters.items()}
+    students = StackedStudents(parameters, 9)
+    generator = torch.Generator().manual_seed(2)
+    first, second = (torch.randn(RUNS, BATCH, 9, dtype=torch.float64, generator=generator) for _ in range(2))
+    labels = torch.ones(RUNS, BATCH, dtype=torch.float64)
+    students.loss_and_gradients(parameters, students.features(first), labels)
+    for name, value in parameters.items():
+        assert torch.equal(value, before[name]), name
+    for kept in (slice(None), slice(0, 2)):
+        subset = {name: value[kept] for name, value in parameters.items()}
+        fresh = StackedStudents(subset, 9)
+        expected = fresh.loss_and_gradients(subset, fresh.features(second[kept]), labels[kept])
+        actual = students.loss_and_gradients(subset, students.features(second[kept]), labels[kept])
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
