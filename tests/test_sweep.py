@@ -17,6 +17,7 @@ from momentumlab.runs.feature_margin import FeatureMarginRunConfig
 from momentumlab.runs.image import ImageRunConfig
 from momentumlab.store import RunStore, plan_batches
 from momentumlab.sweep import (
+    Outcome,
     SweepSpec,
     execute,
     expand,
@@ -152,7 +153,7 @@ def test_killed_sweep_trains_only_what_is_missing_and_matches_an_uninterrupted_o
     finished = {c: (store.folder(config_hash(c)) / "status.json").stat().st_mtime_ns for c in configs[:2]}
 
     messages: list[str] = []
-    assert execute(configs, store, echo=messages.append) == []
+    assert execute(configs, store, echo=messages.append) == Outcome()
     assert messages[0] == "8 runs, 2 already in the store, 6 to train"
     assert all(
         (store.folder(config_hash(c)) / "status.json").stat().st_mtime_ns == t for c, t in finished.items()
@@ -183,9 +184,9 @@ def test_plan_batches_groups_by_engine_key_and_resume_position(tmp_path, store):
 def test_local_workers_give_the_same_table(tmp_path):
     configs = configs_of(sweep_file(tmp_path))
     one, two = RunStore(tmp_path / "one"), RunStore(tmp_path / "two")
-    assert execute(configs, one) == []
+    assert execute(configs, one) == Outcome()
     messages: list[str] = []
-    assert execute(configs, two, workers=2, max_batch=3, echo=messages.append) == []
+    assert execute(configs, two, workers=2, max_batch=3, echo=messages.append) == Outcome()
     assert "on local (2 workers)" in messages[1]
     pd.testing.assert_frame_equal(_table(configs, two), _table(configs, one), rtol=1e-5, atol=1e-7)
 
@@ -197,7 +198,7 @@ def test_a_failing_batch_is_reported_and_the_others_finish(tmp_path, monkeypatch
         data={"name": "cifar10"}, model={"name": "small_cnn"}, train={"epochs": 1}
     )
     store = RunStore(tmp_path / "store")
-    failures = execute([*configs, missing_dataset], store)
+    failures = execute([*configs, missing_dataset], store).failures
     assert len(failures) == 1 and "1 runs: DatasetError" in failures[0]
     assert [store.get(config_hash(c)).status for c in configs] == ["complete", "complete"]
     table = result_table([*configs, missing_dataset], store)
@@ -212,7 +213,7 @@ def test_ray_backend_gives_the_same_table(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         messages: list[str] = []
-        assert execute(configs, clustered, backend="ray", echo=messages.append) == []
+        assert execute(configs, clustered, backend="ray", echo=messages.append) == Outcome()
         assert "on ray (2 workers)" in messages[1]
     finally:
         ray.shutdown()

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from momentumlab.config import StrictModel
 from momentumlab.data.feature_margin import FeatureMarginDataConfig
 from momentumlab.optim.momentum import OptimizerConfig
-from momentumlab.runs.registry import RunKind, register_run_kind
+from momentumlab.runs.registry import MemoryEstimate, RunKind, register_run_kind
 from momentumlab.train import feature_margin_batched
 from momentumlab.train.feature_margin import train_feature_margin
 
@@ -66,6 +66,19 @@ class FeatureMarginRunConfig(StrictModel):
         return self
 
 
+def memory(config: FeatureMarginRunConfig) -> MemoryEstimate:
+    """Peak memory of one run: its P patches of dimension d for every example, and the training set's
+    P × m filter responses (a few live at once during a step), at the run's precision."""
+    data, width = config.data, config.model.width
+    examples = data.n_train + data.n_val + data.n_test
+    values = examples * data.patches * data.dim + 4 * data.n_train * data.patches * width + width * data.dim
+    itemsize = 8 if config.train.dtype == "float64" else 4
+    return MemoryEstimate(
+        itemsize * values,
+        ("data.n_train", "data.n_val", "data.n_test", "data.patches", "data.dim", "model.width"),
+    )
+
+
 KIND = register_run_kind(
     RunKind(
         "feature_margin",
@@ -73,5 +86,7 @@ KIND = register_run_kind(
         train_feature_margin,
         batch_key=feature_margin_batched.batch_key,
         train_batch=feature_margin_batched.train_batched,
+        last_row=lambda config: ("step", config.train.steps),
+        memory=memory,
     )
 )

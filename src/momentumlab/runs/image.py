@@ -110,4 +110,6 @@ CIFAR_TRAIN = ImageTrainConfig(
     device="cuda",
 )
 
-KIND = register_run_kind(RunKind("image", ImageRunConfig, train_images))
+KIND = register_run_kind(
+    RunKind("image", ImageRunConfig, train_images, last_row=lambda config: ("epoch", config.train.epochs))
+)
