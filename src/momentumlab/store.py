@@ -181,7 +181,7 @@ class RunStore:
                         index.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
                 continue
             if row is None or (row["status"], row["stamp"]) != (run.status, _stamp(folder)):
-                self._index_run(run, _status_file(folder).get("updated", ""))
+                self._index_run(run, _updated(folder))
 
     def reindex(self) -> None:
         """Rebuild the index from the run folders, verifying every run."""
@@ -219,8 +219,9 @@ class RunStore:
         try:
             raw = json.loads((folder / "config.json").read_text())
             run.config = parse_run_config(raw)
-        except FileNotFoundError:
-            return _corrupt(run, "config.json is missing")
+        except FileNotFoundError:  # killed before its config landed: nothing there yet
+            exists = (folder / "status.json").exists()
+            return _corrupt(run, "config.json is missing") if exists else run
         except (OSError, ValueError) as error:  # ValueError: bad JSON, bad UTF-8 or an invalid config
             return _corrupt(run, f"config.json cannot be read: {_first_line(error)}")
         if config_hash(run.config) != folder.name:
@@ -639,6 +640,14 @@ def _status_file(folder: Path) -> dict[str, Any]:
     return status
 
 
+def _updated(folder: Path) -> str:
+    """When the run's status was last written ('' when unreadable)."""
+    try:
+        return str(_status_file(folder).get("updated", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def _status_file_says(folder: Path, status: str) -> bool:
     try:
         return _status_file(folder).get("status") == status
@@ -656,13 +665,18 @@ def _lock_pid(path: Path) -> int | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux): kill(pid, 0) is all there is
+        return True
 
 
 def _owner_alive(folder: Path) -> bool:
