@@ -232,3 +232,40 @@ def test_result_round_trips_through_csv_and_parquet(tmp_path):
 
 def test_flatten_gives_dotted_fields():
     assert flatten({"a": 1, "b": {"c": 2, "d": {"e": (1, 2)}}}) == {"a": 1, "b.c": 2, "b.d.e": [1, 2]}
+
+
+def test_a_diverged_run_has_its_divergence_step_and_no_metrics_in_the_table(tmp_path):
+    from helpers import make_tiny_config
+
+    configs = [make_tiny_config(), make_tiny_config("optimizer.lr=1e12", "model.init_std=1.0")]
+    store = RunStore(tmp_path / "store")
+    assert execute(configs, store) == Outcome()
+    assert store.get(config_hash(configs[1])).final()["step"] == 0  # its last finite row is step 0's
+    table = result_table(configs, store).set_index("status")
+    assert table.loc["diverged", "diverged_at"] == 1
+    assert table[["train_loss", "test_accuracy", "val_accuracy"]].loc["diverged"].isna().all()
+    assert table[["train_loss", "test_accuracy", "val_accuracy"]].loc["complete"].notna().all()
+    write_result(result_table(configs, store), SweepSpec(kind="feature_margin"), tmp_path / "out")
+    assert (
+        load_result(tmp_path / "out").set_index("status").loc["diverged", ["step", "train_loss"]].isna().all()
+    )
+
+
+def test_a_sweep_larger_than_the_limit_is_refused_before_it_expands(tmp_path):
+    grid = {field: list(range(1, 1001)) for field in ("train.steps", "model.width")}
+    with pytest.raises(ConfigError, match=r"the sweep has \d{7} points; allowed: at most 100000"):
+        load_sweep(sweep_file(tmp_path, grid=grid))
+
+
+def test_run_many_trains_the_free_runs_then_names_the_busy_one(tmp_path):
+    from helpers import make_tiny_config
+
+    from momentumlab.store import RunBusyError, _exclusive
+
+    configs = [make_tiny_config(f"seed={seed}") for seed in range(3)]
+    store = RunStore(tmp_path / "store")
+    busy = config_hash(configs[1])
+    store.folder(busy).mkdir(parents=True)
+    with _exclusive(store.folder(busy) / ".lock", busy), pytest.raises(RunBusyError, match=busy):
+        store.run_many(configs)
+    assert [store.get(config_hash(c)).status for c in configs] == ["complete", "pending", "complete"]

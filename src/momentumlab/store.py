@@ -323,13 +323,15 @@ class RunStore:
         configs: Sequence[BaseModel],
         on_step: Callable[[int], None] | None = None,
         max_batch: int = 64,
+        skip_busy: bool = False,
     ) -> list[RunRecord]:
         """The runs of `configs` (in order), training the missing ones together where they can.
 
         Pending runs whose kind has a batched engine are grouped by its batch key and by the position
         their checkpoints resume from, and each group (up to `max_batch` runs) trains in one
         computation; the others train one by one with :meth:`run`. A run another process is training
-        is skipped and comes back with status `busy`; every other run is trained.
+        is skipped and every other run trained; then, with `skip_busy`, the skipped ones come back with
+        status `busy`, else a :class:`RunBusyError` names them.
         """
         run_ids = [self._prepare(config) for config in configs]
         pending = [
@@ -345,8 +347,11 @@ class RunStore:
             else:
                 busy |= self._run_batch(group, on_step)
         records = [self._read(self.folder(run_id)) for run_id in run_ids]
+        busy = {record.run_id for record in records if record.run_id in busy and not record.finished}
+        if busy and not skip_busy:
+            raise RunBusyError(f"runs {', '.join(sorted(busy))} are being computed by another process")
         for record in records:
-            if record.run_id in busy and not record.finished:
+            if record.run_id in busy:
                 record.status = "busy"
         return records
 

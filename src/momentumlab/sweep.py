@@ -159,7 +159,7 @@ def _train_batch(root: str, kind_module: str, raw_configs: list[dict[str, Any]],
     torch.set_num_threads(threads)
     import_kind_module(kind_module)
     configs = [parse_run_config(raw) for raw in raw_configs]
-    return [run.run_id for run in RunStore(root).run_many(configs) if run.status == "busy"]
+    return [run.run_id for run in RunStore(root).run_many(configs, skip_busy=True) if run.status == "busy"]
 
 
 def _die_with(parent: int) -> None:
@@ -214,7 +214,7 @@ def execute(
     if workers == 1:
         for batch in batches:
             try:
-                runs = store.run_many(batch, max_batch=max_batch)
+                runs = store.run_many(batch, max_batch=max_batch, skip_busy=True)
                 outcome.busy += [run.run_id for run in runs if run.status == "busy"]
             except Exception as error:  # noqa: BLE001 - one failed batch must not lose the others
                 outcome.failures.append(f"{len(batch)} runs: {type(error).__name__}: {error}")

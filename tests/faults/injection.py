@@ -84,8 +84,10 @@ def write_events(on_event: Callable[[WriteEvent, Callable[[], None]], None]) -> 
         )
 
 
-def record_write_events(root: Path) -> list[WriteEvent]:
-    """The write events of one uninterrupted run of the tiny config into a store at `root`."""
+def record_write_events(root: Path, config: Any = None) -> list[WriteEvent]:
+    """The write events of one uninterrupted run of `config` (default: the tiny one) into a store at
+    `root`."""
+    config = config or tiny_run_config()
     events: list[WriteEvent] = []
 
     def note(event: WriteEvent, write: Callable[[], None]) -> None:
@@ -94,7 +96,7 @@ def record_write_events(root: Path) -> list[WriteEvent]:
 
     store = RunStore(root)
     with write_events(note):
-        store.run(tiny_run_config())
+        store.run(config)
     return events
 
 
@@ -102,7 +104,7 @@ def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train_and_kill_at(root: Path, point: int) -> None:
+def train_and_kill_at(root: Path, point: int, config: Any) -> None:
     """In this process: train the tiny run into `root` and SIGKILL this process at write event `point`
     (0-based) — between a rename's complete temporary file and the rename, halfway through an append's
     line, before an index row; `point` past the last event kills after the run finished."""
@@ -112,7 +114,7 @@ def train_and_kill_at(root: Path, point: int) -> None:
         nonlocal count
         if count == point:
             if event.kind == "append":  # half a line reaches the file, as a torn write would leave it
-                path = root / "runs" / config_hash(tiny_run_config()) / event.target
+                path = root / "runs" / config_hash(config) / event.target
                 with open(path, "a") as stream:
                     stream.write("0.5,0.25,")
                     stream.flush()
@@ -122,7 +124,7 @@ def train_and_kill_at(root: Path, point: int) -> None:
 
     store = RunStore(root)
     with write_events(maybe_kill):
-        store.run(tiny_run_config())
+        store.run(config)
     _kill_self()
 
 
@@ -164,12 +166,15 @@ class KillOutcome:
     check_clean_after_repair: bool
 
 
-def kill_and_resume(workdir: Path, point: int, events: list[WriteEvent], reference: Path) -> KillOutcome:
-    """Kill a run at write event `point`, reopen the store, resume, and compare with `reference` (the
-    folder of an uninterrupted run of the same config)."""
+def kill_and_resume(
+    workdir: Path, point: int, events: list[WriteEvent], reference: Path, config: Any = None
+) -> KillOutcome:
+    """Kill a run of `config` (default: the tiny one) at write event `point`, reopen the store, resume,
+    and compare with `reference` (the folder of an uninterrupted run of the same config)."""
+    config = config or tiny_run_config()
     root = workdir / f"kill-{point}"
-    signal_number = in_child(lambda: train_and_kill_at(root, point))
-    run_id = config_hash(tiny_run_config())
+    signal_number = in_child(lambda: train_and_kill_at(root, point, config))
+    run_id = config_hash(config)
     store = RunStore(root)  # reopening reconciles the index with the folder
     folder_status = store.get(run_id).status if store.folder(run_id).is_dir() else "absent"
     indexed = {row["run_id"]: row["status"] for row in store.list()}
@@ -179,9 +184,9 @@ def kill_and_resume(workdir: Path, point: int, events: list[WriteEvent], referen
     temporary = len(store._temporary_files())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a torn checkpoint is discarded with a warning
-        resumed = store.run(tiny_run_config())
+        resumed = store.run(config)
     identical = (resumed.folder / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
-    identical &= torch.equal(resumed.load_weights()["weight"], _weights(reference))
+    identical &= _same_weights(resumed.folder, reference)
     store.repair()
     return KillOutcome(
         point=point,
@@ -196,8 +201,9 @@ def kill_and_resume(workdir: Path, point: int, events: list[WriteEvent], referen
     )
 
 
-def _weights(folder: Path) -> torch.Tensor:
-    return torch.load(folder / "weights.pt", weights_only=True)["weight"]
+def _same_weights(folder: Path, reference: Path) -> bool:
+    weights, expected = (torch.load(f / "weights.pt", weights_only=True) for f in (folder, reference))
+    return weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
 
 
 # --- corrupted files ---------------------------------------------------------------------------------
@@ -297,7 +303,7 @@ def corrupt_and_reread(workdir: Path, corruption: Corruption, reference_root: Pa
     rerun = store.run(tiny_run_config())
     reference = reference_root / "runs" / run_id
     identical = (rerun.folder / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
-    identical &= torch.equal(rerun.load_weights()["weight"], _weights(reference))
+    identical &= _same_weights(rerun.folder, reference)
     return CorruptionOutcome(
         corruption=corruption.id,
         status=read.status,
