@@ -116,6 +116,9 @@ def _format_validation_error(error: ValidationError) -> str:
             continue
         if item["type"] == "extra_forbidden":
             message = "unknown field"
+        if not item["loc"]:  # a check across fields: its message names them and their values
+            lines.append(f"  {message}")
+            continue
         lines.append(f"  {field} = {_shown(item['input'])}: {message}")
     return "invalid config:\n" + "\n".join(lines)
 

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from momentumlab.config import StrictModel
 from momentumlab.data.feature_margin import FeatureMarginDataConfig
 from momentumlab.optim.momentum import OptimizerConfig
-from momentumlab.runs.registry import MemoryEstimate, RunKind, register_run_kind
+from momentumlab.runs.registry import MemoryEstimate, RunKind, check_lr_fits, register_run_kind
 from momentumlab.train import feature_margin_batched
 from momentumlab.train.feature_margin import train_feature_margin
 
@@ -63,6 +63,7 @@ class FeatureMarginRunConfig(StrictModel):
                 f"train.batch_size = {self.train.batch_size} exceeds data.n_train = "
                 f"{self.data.n_train}; allowed: 1..{self.data.n_train} or null (full batch)"
             )
+        check_lr_fits(self.optimizer.lr, self.train.dtype)
         return self
 
 

@@ -174,6 +174,18 @@ def load_run_config(path: Path, overrides: Sequence[str] = ()) -> BaseModel:
     return config
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_lr_fits(lr: float, dtype: str) -> None:
+    """Refuse a learning rate the weights' dtype cannot hold (float32 updates overflow above ~3.4e38)."""
+    if dtype != "float64" and lr > FLOAT32_MAX:
+        raise ValueError(
+            f"optimizer.lr = {lr:g} overflows {dtype} weights; allowed: ≤ {FLOAT32_MAX:.4g} (or train.dtype "
+            "= 'float64')"
+        )
+
+
 def _gigabytes(count: int) -> str:
     return f"{count / 1e9:.3g} GB"
 

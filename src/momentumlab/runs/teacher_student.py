@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from momentumlab.config import StrictModel
 from momentumlab.data.teacher import TeacherDataConfig
 from momentumlab.optim.momentum import OptimizerConfig
-from momentumlab.runs.registry import MemoryEstimate, RunKind, register_run_kind
+from momentumlab.runs.registry import MemoryEstimate, RunKind, check_lr_fits, register_run_kind
 from momentumlab.train import teacher_student_batched
 from momentumlab.train.teacher_student import train_student
 
@@ -64,6 +64,7 @@ class TeacherStudentRunConfig(StrictModel):
                 f"model.kernel_size = {self.model.kernel_size} exceeds data.dim = {self.data.dim}; "
                 f"allowed: 1..{self.data.dim}"
             )
+        check_lr_fits(self.optimizer.lr, self.train.dtype)
         return self
 
 
