@@ -88,7 +88,7 @@ def _alive(pid: int) -> bool:
 def test_killing_a_sweep_kills_its_workers_and_a_rerun_succeeds(tmp_path):
     raw = {
         **TINY_RAW,
-        "train": {**TINY_RAW["train"], "steps": 3000, "checkpoint_every": 500, "log_every": 1000},
+        "train": {**TINY_RAW["train"], "steps": 1500, "checkpoint_every": 500, "log_every": 1000},
     }
     (tmp_path / "sweep.yaml").write_text(
         yaml.safe_dump({"kind": "feature_margin", "base": raw, "seeds": [0, 1]})
