@@ -84,6 +84,7 @@ class RunStore:
         self.root = Path(root) if root is not None else default_root()
         self.progress = progress
         self.index_problem = ""  # what was wrong with the index when it was opened (rebuilt since)
+        self._checksums: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime) → SHA-256
         _usable_folder(self.root, "store")
         _usable_folder(self.root / "runs", "store")
         self._open_index()
@@ -256,7 +257,7 @@ class RunStore:
             path = folder / name
             if not path.is_file():
                 return f"{name} is missing"
-            if checksums is not None and atomic.file_sha256(path) != checksums.get(name):
+            if checksums is not None and self._sha256(path) != checksums.get(name):
                 return f"{name} does not match its checksum (truncated or changed)"
         try:
             frame = pd.read_csv(io.BytesIO((folder / "metrics.csv").read_bytes()))
@@ -277,6 +278,15 @@ class RunStore:
                     f"{run.diverged_at_step}"
                 )
         return ""
+
+    def _sha256(self, path: Path) -> str:
+        """A file's SHA-256, computed once per version of the file (weights can be large, and a sweep
+        reads each run several times)."""
+        stat = path.stat()
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key not in self._checksums:
+            self._checksums[key] = atomic.file_sha256(path)
+        return self._checksums[key]
 
     def list(self) -> list[dict[str, Any]]:
         """One dict per indexed run, newest first."""
