@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import re
+import sys
 import traceback
 from collections.abc import Callable
 from enum import Enum
@@ -74,6 +75,9 @@ def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(error), 1)
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:  # the reader went away (`| head`): nothing more to say to it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except Exception:  # noqa: BLE001 - a bug: shown in full, with where to report it
             traceback.print_exc()
             typer.echo(BUG_REPORT, err=True)

@@ -187,7 +187,7 @@ def check_lr_fits(lr: float, dtype: str) -> None:
 
 
 def _gigabytes(count: int) -> str:
-    return f"{count / 1e9:.3g} GB"
+    return f"{count / 1e9:,.1f} GB"
 
 
 def check_runnable(config: BaseModel) -> None:
