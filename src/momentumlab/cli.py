@@ -87,17 +87,17 @@ def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _writable_folder(path: Path, option: str) -> None:
-    """Create `path` as a folder, or refuse it naming the option, the path and the problem."""
-    if path.exists() and not path.is_dir():
-        raise PathError(f"{option} {path}: is a file, not a folder; allowed: a folder (or a path to create)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
+    """Refuse a folder option that cannot become a writable folder (a file on its way, no permission),
+    naming the option, the path and the problem; creates nothing."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
         raise PathError(
-            f"{option} {path}: cannot create {error.filename or path}: {error.strerror}"
-        ) from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PathError(f"{option} {path}: not writable; allowed: a folder this user can write")
+            f"{option} {path}: {existing} is a file, not a folder; allowed: a folder (or a path to create)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PathError(f"{option} {path}: {existing} is not writable; allowed: a folder this user can write")
 
 
 def _use_data_dir(data_dir: Path | None) -> None:
