@@ -144,11 +144,11 @@ def test_yaml_and_toml_give_the_same_config(tmp_path):
 
 def test_yml_suffix_is_read_as_yaml_and_a_config_must_name_its_kind(tmp_path):
     assert load_run_config(write(tmp_path, "run.yml", TINY_YAML)).optimizer.lr == 0.25
-    for text in ("", "seed: 3\n"):
-        with pytest.raises(
-            ConfigError, match="kind is missing.*allowed: feature_margin, image, teacher_student"
-        ):
-            load_run_config(write(tmp_path, "nameless.yaml", text))
+    with pytest.raises(ConfigError, match="kind is missing.*allowed: feature_margin, image, teacher_student"):
+        load_run_config(write(tmp_path, "nameless.yaml", "seed: 3\n"))
+    for text in ("", "# nothing but a comment\n", "{}\n"):  # never the defaults of some kind
+        with pytest.raises(ConfigError, match="is empty; allowed: a mapping"):
+            load_run_config(write(tmp_path, "empty.yaml", text))
     with pytest.raises(
         ConfigError, match="kind = 'mlp' is not a registered run kind; allowed: feature_margin"
     ):

@@ -17,6 +17,7 @@ from momentumlab.runs.feature_margin import FeatureMarginRunConfig
 from momentumlab.runs.image import ImageRunConfig
 from momentumlab.store import RunStore, plan_batches
 from momentumlab.sweep import (
+    Outcome,
     SweepSpec,
     execute,
     expand,
@@ -152,7 +153,7 @@ def test_killed_sweep_trains_only_what_is_missing_and_matches_an_uninterrupted_o
     finished = {c: (store.folder(config_hash(c)) / "status.json").stat().st_mtime_ns for c in configs[:2]}
 
     messages: list[str] = []
-    assert execute(configs, store, echo=messages.append) == []
+    assert execute(configs, store, echo=messages.append) == Outcome()
     assert messages[0] == "8 runs, 2 already in the store, 6 to train"
     assert all(
         (store.folder(config_hash(c)) / "status.json").stat().st_mtime_ns == t for c, t in finished.items()
@@ -183,9 +184,9 @@ def test_plan_batches_groups_by_engine_key_and_resume_position(tmp_path, store):
 def test_local_workers_give_the_same_table(tmp_path):
     configs = configs_of(sweep_file(tmp_path))
     one, two = RunStore(tmp_path / "one"), RunStore(tmp_path / "two")
-    assert execute(configs, one) == []
+    assert execute(configs, one) == Outcome()
     messages: list[str] = []
-    assert execute(configs, two, workers=2, max_batch=3, echo=messages.append) == []
+    assert execute(configs, two, workers=2, max_batch=3, echo=messages.append) == Outcome()
     assert "on local (2 workers)" in messages[1]
     pd.testing.assert_frame_equal(_table(configs, two), _table(configs, one), rtol=1e-5, atol=1e-7)
 
@@ -197,7 +198,7 @@ def test_a_failing_batch_is_reported_and_the_others_finish(tmp_path, monkeypatch
         data={"name": "cifar10"}, model={"name": "small_cnn"}, train={"epochs": 1}
     )
     store = RunStore(tmp_path / "store")
-    failures = execute([*configs, missing_dataset], store)
+    failures = execute([*configs, missing_dataset], store).failures
     assert len(failures) == 1 and "1 runs: DatasetError" in failures[0]
     assert [store.get(config_hash(c)).status for c in configs] == ["complete", "complete"]
     table = result_table([*configs, missing_dataset], store)
@@ -212,7 +213,7 @@ def test_ray_backend_gives_the_same_table(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         messages: list[str] = []
-        assert execute(configs, clustered, backend="ray", echo=messages.append) == []
+        assert execute(configs, clustered, backend="ray", echo=messages.append) == Outcome()
         assert "on ray (2 workers)" in messages[1]
     finally:
         ray.shutdown()
@@ -231,3 +232,40 @@ def test_result_round_trips_through_csv_and_parquet(tmp_path):
 
 def test_flatten_gives_dotted_fields():
     assert flatten({"a": 1, "b": {"c": 2, "d": {"e": (1, 2)}}}) == {"a": 1, "b.c": 2, "b.d.e": [1, 2]}
+
+
+def test_a_diverged_run_has_its_divergence_step_and_no_metrics_in_the_table(tmp_path):
+    from helpers import make_tiny_config
+
+    configs = [make_tiny_config(), make_tiny_config("optimizer.lr=1e12", "model.init_std=1.0")]
+    store = RunStore(tmp_path / "store")
+    assert execute(configs, store) == Outcome()
+    assert store.get(config_hash(configs[1])).final()["step"] == 0  # its last finite row is step 0's
+    table = result_table(configs, store).set_index("status")
+    assert table.loc["diverged", "diverged_at"] == 1
+    assert table[["train_loss", "test_accuracy", "val_accuracy"]].loc["diverged"].isna().all()
+    assert table[["train_loss", "test_accuracy", "val_accuracy"]].loc["complete"].notna().all()
+    write_result(result_table(configs, store), SweepSpec(kind="feature_margin"), tmp_path / "out")
+    assert (
+        load_result(tmp_path / "out").set_index("status").loc["diverged", ["step", "train_loss"]].isna().all()
+    )
+
+
+def test_a_sweep_larger_than_the_limit_is_refused_before_it_expands(tmp_path):
+    grid = {field: list(range(1, 1001)) for field in ("train.steps", "model.width")}
+    with pytest.raises(ConfigError, match=r"the sweep has \d{7} points; allowed: at most 100000"):
+        load_sweep(sweep_file(tmp_path, grid=grid))
+
+
+def test_run_many_trains_the_free_runs_then_names_the_busy_one(tmp_path):
+    from helpers import make_tiny_config
+
+    from momentumlab.store import RunBusyError, _exclusive
+
+    configs = [make_tiny_config(f"seed={seed}") for seed in range(3)]
+    store = RunStore(tmp_path / "store")
+    busy = config_hash(configs[1])
+    store.folder(busy).mkdir(parents=True)
+    with _exclusive(store.folder(busy) / ".lock", busy), pytest.raises(RunBusyError, match=busy):
+        store.run_many(configs)
+    assert [store.get(config_hash(c)).status for c in configs] == ["complete", "pending", "complete"]

@@ -1,5 +1,5 @@
 """`python -m momentumlab` is the `momentumlab` command."""
 
-from momentumlab.cli import app
+from momentumlab.cli import main
 
-app(prog_name="momentumlab")
+main()

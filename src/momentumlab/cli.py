@@ -1,17 +1,29 @@
-"""The `momentumlab` command: run, sweep, compare, reproduce, ls, show, data fetch."""
+"""The `momentumlab` command: run, sweep, compare, reproduce, ls, show, store check/repair, data fetch.
+
+Every command turns the project's own errors into one line on stderr: invalid input (a config, an
+option, a path) exits 2, a run that cannot be found or is busy, a failed write or a missing dataset
+exits 1. Any other exception is a bug: its traceback is shown with a line asking for a report.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import sys
+import traceback
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
 
-from momentumlab.config import ConfigError
+from momentumlab.atomic import WriteError
+from momentumlab.config import INT_LIMIT, ConfigError, PathError
+from momentumlab.data.images import DatasetError
 from momentumlab.store import RunStore, RunStoreError
 
 app = typer.Typer(
@@ -38,9 +50,54 @@ PER_NEURON = re.compile(r"_r\d+$")  # per-filter columns, left to `show`
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
 
 
+BUG_REPORT = (
+    "momentumlab hit an unexpected error: this is a bug; please report it to the maintainers with the "
+    "command you ran and the traceback above"
+)
+
+
 def _fail(message: str, code: int) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `command`, turning the project's errors into `error: ...` and an exit code (2: bad input,
+    1: the rest); anything else keeps its traceback and asks for a bug report."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as error:
+            _fail(str(error), 2)
+        except (RunStoreError, WriteError, DatasetError) as error:
+            _fail(str(error), 1)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except BrokenPipeError:  # the reader went away (`| head`): nothing more to say to it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
+        except Exception:  # noqa: BLE001 - a bug: shown in full, with where to report it
+            traceback.print_exc()
+            typer.echo(BUG_REPORT, err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _writable_folder(path: Path, option: str) -> None:
+    """Refuse a folder option that cannot become a writable folder (a file on its way, no permission),
+    naming the option, the path and the problem; creates nothing."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PathError(
+            f"{option} {path}: {existing} is a file, not a folder; allowed: a folder (or a path to create)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PathError(f"{option} {path}: {existing} is not writable; allowed: a folder this user can write")
 
 
 def _use_data_dir(data_dir: Path | None) -> None:
@@ -56,6 +113,7 @@ def _format(value: object) -> str:
 
 
 @app.command()
+@_reported
 def run(
     config: Annotated[Path, typer.Argument(help="YAML or TOML run config.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted key=value overrides.")] = None,
@@ -69,13 +127,8 @@ def run(
     from momentumlab.runs import load_run_config
 
     _use_data_dir(data_dir)
-    try:
-        run_config = load_run_config(config, overrides or [])
-        stored = RunStore(store, progress=progress).run(run_config, force=force)
-    except ConfigError as error:
-        _fail(str(error), 2)
-    except RunStoreError as error:
-        _fail(str(error), 1)
+    run_config = load_run_config(config, overrides or [])
+    stored = RunStore(store, progress=progress).run(run_config, force=force)
     typer.echo(f"run {stored.run_id} ({stored.config.kind}): {stored.status} ({stored.folder})")
     if stored.diverged_at_step is not None:
         typer.echo(f"  {stored.message}")
@@ -90,6 +143,7 @@ class Backend(str, Enum):
 
 
 @app.command()
+@_reported
 def sweep(
     spec: Annotated[Path, typer.Argument(help="YAML or TOML sweep file (grid over dotted fields, seeds).")],
     out: Annotated[
@@ -107,57 +161,89 @@ def sweep(
     data_dir: DataDirOption = None,
     progress: ProgressOption = True,
 ) -> None:
-    """Run every point of a sweep (reusing finished runs) and save a table, one row per run."""
-    from momentumlab.sweep import execute, expand, load_sweep, result_table, summary, write_result
+    """Run every point of a sweep (reusing finished runs) and save a table, one row per run.
+
+    Points another process is training are skipped and listed as `busy` (rerun the sweep later)."""
+    from momentumlab.sweep import (
+        check_reachable,
+        execute,
+        expand,
+        load_sweep,
+        output_folder,
+        result_table,
+        summary,
+        write_result,
+    )
 
     _use_data_dir(data_dir)
     if workers < 1:
         _fail(f"--workers = {workers}: allowed: ≥ 1", 2)
     if max_batch < 1:
         _fail(f"--max-batch = {max_batch}: allowed: ≥ 1", 2)
-    try:
-        sweep_spec, base = load_sweep(spec)
-        configs = expand(sweep_spec, base)
-        run_store = RunStore(store, progress=progress)
-        failures = execute(
-            configs,
-            run_store,
-            backend=backend.value,
-            workers=workers,
-            address=address,
-            max_batch=max_batch,
-            echo=typer.echo,
-        )
-    except ConfigError as error:
-        _fail(str(error), 2)
-    table = result_table(configs, run_store)
+    if backend == Backend.ray and address not in (None, "auto"):
+        check_reachable(address)  # Ray itself retries an address nothing answers at forever
+    sweep_spec, base = load_sweep(spec)
+    configs = expand(sweep_spec, base)
     folder = out if out is not None else Path("sweeps") / spec.stem
+    run_store = RunStore(store, progress=progress)
+    output_folder(folder)  # before training: a result that cannot be written is refused at once
+    outcome = execute(
+        configs,
+        run_store,
+        backend=backend.value,
+        workers=workers,
+        address=address,
+        max_batch=max_batch,
+        echo=typer.echo,
+    )
+    table = result_table(configs, run_store)
     write_result(table, sweep_spec, folder)
     typer.echo(summary(table).to_string(index=False))
     typer.echo(f"table: {folder / 'results.csv'} ({len(table)} runs)")
-    for failure in failures:
+    for failure in outcome.failures:
         typer.echo(f"error: a batch failed ({failure})", err=True)
-    if failures:
+    if outcome.busy:
+        typer.echo(
+            f"error: {len(outcome.busy)} runs are busy (another process trains them): "
+            f"{', '.join(outcome.busy[:5])}{' ...' if len(outcome.busy) > 5 else ''}; rerun the sweep later",
+            err=True,
+        )
+    if outcome.failures or outcome.busy:
         raise typer.Exit(1)
 
 
 @app.command()
+@_reported
 def compare(
     result: Annotated[Path, typer.Argument(help="A sweep's output folder (or its results.csv/.parquet).")],
     metric: Annotated[
         str, typer.Option("--metric", help="Validation metric that picks each optimizer's setting.")
     ] = "val_accuracy",
+    maximize: Annotated[
+        bool | None,
+        typer.Option(
+            "--maximize/--minimize",
+            help="Whether a higher metric is better (known for *accuracy* and *loss*/*error* metrics).",
+            show_default=False,
+        ),
+    ] = None,
+    by: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--by",
+            help="Field that splits the runs into one table each (repeatable; default: "
+            "every varied field that is not the optimizer's).",
+        ),
+    ] = None,
 ) -> None:
-    """Each optimizer at its best setting on validation data; test metrics as mean ± std over seeds."""
+    """Each optimizer at its best setting on validation data, one table per setting of the other varied
+    fields (data, model, ...); test metrics as mean ± std over seeds."""
     from momentumlab import atomic
     from momentumlab.compare import compare as compare_optimizers
     from momentumlab.compare import to_markdown
     from momentumlab.sweep import load_result
 
-    try:
-        comparison = compare_optimizers(load_result(result), metric)
-    except ConfigError as error:
-        _fail(str(error), 2)
+    comparison = compare_optimizers(load_result(result), metric, maximize=maximize, by=by)
     markdown = to_markdown(comparison)
     folder = result if result.is_dir() else result.parent
     atomic.write_text(folder / "compare.md", markdown + "\n")
@@ -166,6 +252,7 @@ def compare(
 
 
 @app.command()
+@_reported
 def reproduce(
     names: Annotated[
         list[str] | None, typer.Argument(help="Reproductions to run (default: all CPU-sized).")
@@ -198,16 +285,15 @@ def reproduce(
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
     except ValueError:
         _fail(f"--seeds = {seeds!r}: expected comma-separated non-negative integers", 2)
-    if seed_list is not None and any(seed < 0 for seed in seed_list):
-        _fail(f"--seeds = {seeds!r}: seeds must be non-negative", 2)
+    if seed_list is not None and any(not 0 <= seed < INT_LIMIT for seed in seed_list):
+        _fail(f"--seeds = {seeds!r}: allowed: integers in 0..2**63-1", 2)
     _use_data_dir(data_dir)
     options = ReproductionOptions(
         seeds=seed_list, overrides=tuple(overrides or ()), scale=scale.value, force=force
     )
-    try:
-        reports = run_reproductions(select(names or []), RunStore(store, progress=progress), out, options)
-    except ConfigError as error:
-        _fail(str(error), 2)
+    selected = select(names or [])
+    _writable_folder(out, "--out")
+    reports = run_reproductions(selected, RunStore(store, progress=progress), out, options)
     failed = 0
     for report in reports:
         typer.echo(f"{report.name}:")
@@ -231,6 +317,7 @@ app.add_typer(data_app, name="data")
 
 
 @data_app.command("fetch")
+@_reported
 def fetch(
     name: Annotated[str, typer.Argument(help="cifar10 or cifar100.")],
     directory: Annotated[Path, typer.Option("--dir", help="Folder to download and extract into.")],
@@ -238,29 +325,30 @@ def fetch(
 ) -> None:
     """Download an official archive (resumable), verify its checksum and extract it atomically."""
     from momentumlab.data.fetch import DATASETS, fetch_dataset
-    from momentumlab.data.images import DatasetError
 
     if name not in DATASETS:
         _fail(f"dataset {name!r} is not downloadable; allowed: {', '.join(DATASETS)}", 2)
-    try:
-        folder = fetch_dataset(name, directory, progress=progress)
-    except DatasetError as error:
-        _fail(str(error), 1)
+    _writable_folder(directory, "--dir")
+    folder = fetch_dataset(name, directory, progress=progress)
     typer.echo(f"{name}: {folder}")
 
 
 @app.command("ls")
+@_reported
 def list_runs(store: StoreOption = None) -> None:
-    """List the runs in the store, newest first."""
+    """List the runs in the store, newest first (a corrupt run with the reason)."""
     rows = RunStore(store).list()
     if not rows:
         typer.echo("no runs")
         return
-    typer.echo(f"{'run':16s}  {'kind':16s}  {'status':9s}  {'seed':>4s}  {'updated':24s}  optimizer")
+    typer.echo(f"{'run':16s}  {'kind':16s}  {'status':11s}  {'seed':>4s}  {'updated':24s}  optimizer")
     for row in rows:
+        about = _optimizer(json.loads(row["config"])) if row["config"] else ""
+        if row["status"] == "corrupt":
+            about = f"corrupt: {row['reason']}"
         typer.echo(
-            f"{row['run_id']:16s}  {row['kind']:16s}  {row['status']:9s}  {_format(row['seed']):>4s}  "
-            f"{row['updated']:24s}  {_optimizer(json.loads(row['config']))}"
+            f"{row['run_id']:16s}  {row['kind'] or '?':16s}  {row['status']:11s}  {_format(row['seed']):>4s}  "
+            f"{row['updated']:24s}  {about}"
         )
 
 
@@ -273,15 +361,13 @@ def _optimizer(config: dict) -> str:
 
 
 @app.command()
+@_reported
 def show(
     run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it.")],
     store: StoreOption = None,
 ) -> None:
-    """Print a run's config, status, environment and final measurements."""
-    try:
-        stored = RunStore(store).get(run_id)
-    except RunStoreError as error:
-        _fail(str(error), 1)
+    """Print a run's config, status, environment and final measurements (a corrupt run: the reason)."""
+    stored = RunStore(store).get(run_id)
     typer.echo(f"run {stored.run_id} in {stored.folder}")
     status = {
         "status": stored.status,
@@ -292,10 +378,44 @@ def show(
         "extra": stored.extra,
     }
     typer.echo("status: " + json.dumps(status))
-    typer.echo("config: " + stored.config.model_dump_json(indent=2))
-    if (stored.folder / "environment.json").is_file():
+    if stored.config is not None:
+        typer.echo("config: " + stored.config.model_dump_json(indent=2))
+    try:
         typer.echo("environment: " + json.dumps(stored.environment(), indent=2))
+    except (OSError, ValueError):
+        typer.echo("environment: (missing or unreadable)")
     if stored.finished:
         typer.echo("final:")
         for key, value in stored.final().items():
             typer.echo(f"  {key:28s} {_format(value)}")
+
+
+store_app = typer.Typer(help="Check the run store, and repair what can be repaired.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("check")
+@_reported
+def store_check(store: StoreOption = None) -> None:
+    """Report what is wrong in the store (corrupt runs, index rows that disagree with the folders, stale
+    locks, temporary files) without changing anything; exit 1 if anything is."""
+    problems = RunStore(store, reconcile=False).check()
+    for problem in problems:
+        typer.echo(problem)
+    typer.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@store_app.command("repair")
+@_reported
+def store_repair(store: StoreOption = None) -> None:
+    """Mark unverifiable runs corrupt (they retrain), clear stale locks, remove temporary files and
+    rebuild the index from the run folders."""
+    for action in RunStore(store, reconcile=False).repair():
+        typer.echo(action)
+
+
+def main() -> None:
+    """The console entry point."""
+    app(prog_name="momentumlab")

@@ -19,24 +19,32 @@ to local worker processes or to a Ray cluster. The result is a tidy table, one r
 
 from __future__ import annotations
 
+import ctypes
+import io
 import itertools
 import json
 import math
 import os
 import re
+import signal
+import socket
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StrictInt, model_validator
 
 from momentumlab import atomic
 from momentumlab.config import (
+    INT_LIMIT,
     ConfigError,
+    PathError,
     StrictModel,
     apply_overrides,
     config_hash,
@@ -44,11 +52,14 @@ from momentumlab.config import (
     load_raw,
     validate,
 )
-from momentumlab.runs import import_kind_module, kind_of, parse_run_config, run_kind
+from momentumlab.runs import check_runnable, import_kind_module, kind_of, parse_run_config, run_kind
 from momentumlab.store import RunStore, plan_batches
 
 PER_NEURON = re.compile(r"_r\d+$")  # per-filter columns stay in each run's metrics.csv
 RESULT_TABLE = "results.csv"
+MAX_POINTS = 100_000  # a larger grid is refused before it is expanded (10¹² points would take years)
+RAY_CONNECT_SECONDS = 10.0  # how long a Ray address may take to answer before the sweep gives up
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies (Linux)
 
 
 class SweepSpec(StrictModel):
@@ -59,7 +70,7 @@ class SweepSpec(StrictModel):
     base_file: str | None = Field(None, description="a run config file, relative to the sweep file")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted field → values")
     points: list[dict[str, Any]] = Field(default_factory=list, description="explicit dotted settings")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1)
 
     @model_validator(mode="after")
     def _well_formed(self) -> SweepSpec:
@@ -68,9 +79,19 @@ class SweepSpec(StrictModel):
                 raise ValueError(f"grid.{key} = []: give at least one value")
             if key == "seed":
                 raise ValueError("grid.seed: list the seeds under `seeds`")
-        if any(seed < 0 for seed in self.seeds):
-            raise ValueError(f"seeds = {self.seeds}: seeds must be non-negative")
+        if any(not 0 <= seed < INT_LIMIT for seed in self.seeds):
+            raise ValueError(f"seeds = {self.seeds}: allowed: integers in 0..2**63-1")
+        if self.size() > MAX_POINTS:
+            raise ValueError(f"the sweep has {self.size()} points; allowed: at most {MAX_POINTS}")
         return self
+
+    def size(self) -> int:
+        """How many runs the sweep expands to (before duplicates are dropped)."""
+        return (
+            max(1, len(self.points))
+            * math.prod(len(values) for values in self.grid.values())
+            * len(self.seeds)
+        )
 
 
 def load_sweep(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
@@ -113,21 +134,42 @@ def expand(spec: SweepSpec, base: dict[str, Any]) -> list[BaseModel]:
                 overrides = [_override(key, value) for key, value in setting.items()]
                 try:
                     config = parse_run_config(apply_overrides(base, overrides))
+                    check_runnable(config)
                 except ConfigError as error:
                     raise ConfigError(f"sweep point {setting}: {error}") from None
                 configs.setdefault(config_hash(config), config)
     return list(configs.values())
 
 
+@dataclass
+class Outcome:
+    """What a sweep's execution left undone: a message per batch that failed, and the runs another
+    process was training (`busy`: skipped, the rest of their batch trained)."""
+
+    failures: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+
+
 def _train_batch(root: str, kind_module: str, raw_configs: list[dict[str, Any]], threads: int) -> list[str]:
-    """Worker entry point (local process or Ray task): train one batch into the store at `root`.
+    """Worker entry point (local process or Ray task): train one batch into the store at `root`; return
+    the ids of its runs that another process was training.
 
     The worker imports the module that defines the batch's run kind, so user kinds train there too.
     """
     torch.set_num_threads(threads)
     import_kind_module(kind_module)
     configs = [parse_run_config(raw) for raw in raw_configs]
-    return [run.run_id for run in RunStore(root).run_many(configs)]
+    return [run.run_id for run in RunStore(root).run_many(configs, skip_busy=True) if run.status == "busy"]
+
+
+def _die_with(parent: int) -> None:
+    """Worker initializer: be killed when the sweep's process dies (Linux), so that a killed sweep
+    leaves no worker training (the kernel then releases its run locks)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 def _worker_arguments(batch: list[BaseModel]) -> tuple[str, list[dict[str, Any]]]:
@@ -148,45 +190,49 @@ def execute(
     address: str | None = None,
     max_batch: int = 64,
     echo: Callable[[str], None] = lambda _: None,
-) -> list[str]:
-    """Train the unfinished runs among `configs`; return a message per batch that failed.
+) -> Outcome:
+    """Train the unfinished runs among `configs`; return the batches that failed and the runs that
+    another process was training.
 
     local: `workers` = 1 trains in this process (with the store's progress bar), more use that many
-    processes; ray: one task per batch on the cluster at `address` (None starts a local instance).
-    The store folder must be visible to every worker (a shared file system on a cluster).
+    processes, which die with this one; ray: one task per batch on the cluster at `address` (None
+    starts a local instance). The store folder must be visible to every worker (a shared file system
+    on a cluster).
     """
     if workers < 1:
         raise ConfigError(f"workers = {workers}: allowed: ≥ 1")
     pending = [config for config in configs if not store.is_finished(config)]
     echo(f"{len(configs)} runs, {len(configs) - len(pending)} already in the store, {len(pending)} to train")
+    outcome = Outcome()
     if not pending:
-        return []
+        return outcome
     slots = workers if backend == "local" else _ray_slots(address)
     batches = _split(plan_batches(pending, store, max_batch), slots)
     echo(f"{len(batches)} batches on {backend} ({slots} worker{'s' if slots > 1 else ''})")
     if backend == "ray":
         return _execute_ray(batches, store.root, address)
     if workers == 1:
-        failures = []
         for batch in batches:
             try:
-                store.run_many(batch, max_batch=max_batch)
+                runs = store.run_many(batch, max_batch=max_batch, skip_busy=True)
+                outcome.busy += [run.run_id for run in runs if run.status == "busy"]
             except Exception as error:  # noqa: BLE001 - one failed batch must not lose the others
-                failures.append(f"{len(batch)} runs: {type(error).__name__}: {error}")
-        return failures
+                outcome.failures.append(f"{len(batch)} runs: {type(error).__name__}: {error}")
+        return outcome
     threads = max(1, (os.cpu_count() or 1) // workers)
-    failures = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with, initargs=(os.getpid(),)
+    ) as pool:
         futures = {
             pool.submit(_train_batch, str(store.root), *_worker_arguments(batch), threads): batch
             for batch in batches
         }
         for future in as_completed(futures):
             try:
-                future.result()
+                outcome.busy += future.result()
             except Exception as error:  # noqa: BLE001 - reported, the other batches go on
-                failures.append(f"{len(futures[future])} runs: {type(error).__name__}: {error}")
-    return failures
+                outcome.failures.append(f"{len(futures[future])} runs: {type(error).__name__}: {error}")
+    return outcome
 
 
 def _import_ray() -> Any:
@@ -199,43 +245,64 @@ def _import_ray() -> Any:
     return ray
 
 
+def check_reachable(address: str) -> None:
+    """Refuse a Ray address nothing answers at within RAY_CONNECT_SECONDS (Ray itself retries forever)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit() or not host:
+        raise ConfigError(f"--address = {address!r}: allowed: host:port (or ray://host:port, or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_SECONDS).close()
+    except OSError as error:
+        raise ConfigError(
+            f"--address = {address!r}: no Ray cluster answers there within {RAY_CONNECT_SECONDS:g} s "
+            f"({error.strerror or error}); allowed: the address of a running Ray head"
+        ) from None
+
+
 def _ray_slots(address: str | None) -> int:
     ray = _import_ray()
     if not ray.is_initialized():
+        if address is not None and address != "auto":
+            check_reachable(address)
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _execute_ray(batches: list[list[BaseModel]], root: Path, address: str | None) -> list[str]:
+def _execute_ray(batches: list[list[BaseModel]], root: Path, address: str | None) -> Outcome:
     ray = _import_ray()
     task = ray.remote(num_cpus=1)(_train_batch)
     futures = {task.remote(str(root.resolve()), *_worker_arguments(batch), 1): batch for batch in batches}
-    failures = []
+    outcome = Outcome()
     for future, batch in futures.items():
         try:
-            ray.get(future)
+            outcome.busy += ray.get(future)
         except Exception as error:  # noqa: BLE001 - reported, the other batches go on
-            failures.append(f"{len(batch)} runs: {type(error).__name__}: {error}")
-    return failures
+            outcome.failures.append(f"{len(batch)} runs: {type(error).__name__}: {error}")
+    return outcome
 
 
 def result_table(configs: list[BaseModel], store: RunStore) -> pd.DataFrame:
-    """One row per run: id, status, every config field (dotted) and the final measurements."""
-    rows = []
+    """One row per run: id, status, every config field (dotted) and the final measurements.
+
+    Only complete runs have measurements: a diverged run has its divergence step and NaN metrics (its
+    last finite row is not a final result); a run another process is training is `busy`.
+    """
+    rows, metrics = [], {}
     for config in configs:
         run = store.get(config_hash(config))
         final = {k: v for k, v in run.final().items() if not PER_NEURON.search(k)} if run.finished else {}
+        metrics.update(dict.fromkeys(final))
         rows.append(
             {
                 "run_id": run.run_id,
-                "status": run.status,
+                "status": "busy" if run.status == "running" else run.status,
                 "diverged_at": run.diverged_at_step,
                 "seconds": run.seconds,
                 **flatten(config.model_dump(mode="json")),
-                **final,
+                **(final if run.status == "complete" else {}),
             }
         )
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).reindex(columns=[*rows[0], *(m for m in metrics if m not in rows[0])])
     for column in table.columns:
         values = table[column].dropna()
         if values.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all():
@@ -245,25 +312,51 @@ def result_table(configs: list[BaseModel], store: RunStore) -> pd.DataFrame:
     return table
 
 
+def output_folder(out: Path) -> None:
+    """Create the result folder `out` (before a sweep trains), or say why it cannot be one."""
+    if out.exists() and not out.is_dir():
+        raise PathError(f"--out {out}: is a file, not a folder; allowed: a folder (or a path to create)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PathError(f"--out {out}: cannot create {error.filename or out}: {error.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PathError(f"--out {out}: not writable; allowed: a folder this user can write")
+
+
 def write_result(table: pd.DataFrame, spec: SweepSpec, out: Path) -> None:
     """Save the table as CSV and Parquet beside the sweep it came from."""
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     atomic.write_text(out / "sweep.json", spec.model_dump_json(indent=2))
     atomic.write_text(out / RESULT_TABLE, table.to_csv(index=False))
-    temporary = out / "results.parquet.tmp"
-    table.to_parquet(temporary, index=False)
-    os.replace(temporary, out / "results.parquet")
+    parquet = io.BytesIO()
+    table.to_parquet(parquet, index=False)
+    atomic.write_bytes(out / "results.parquet", parquet.getvalue())
 
 
 def load_result(path: Path) -> pd.DataFrame:
-    """A sweep result: its folder, or the CSV/Parquet table itself."""
+    """A sweep result: its folder, or the CSV/Parquet table itself (refused when it is not one)."""
     if path.is_dir():
         path = path / RESULT_TABLE
     if not path.is_file():
         raise ConfigError(
             f"sweep result {str(path)!r} does not exist (expected a folder with {RESULT_TABLE})"
         )
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    try:
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (ValueError, OSError) as error:  # pandas' and pyarrow's parse errors are ValueErrors
+        first = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise ConfigError(
+            f"sweep result {str(path)!r} cannot be read ({type(error).__name__}: {first}); allowed: a "
+            f"{RESULT_TABLE} or results.parquet written by `momentumlab sweep`"
+        ) from None
+    if table.empty or "run_id" not in table:
+        problem = "it has no rows" if table.empty else "it has no run_id column"
+        raise ConfigError(
+            f"sweep result {str(path)!r} is not a sweep table ({problem}); allowed: a table written by "
+            "`momentumlab sweep`"
+        )
+    return table
 
 
 def varied_fields(table: pd.DataFrame) -> list[str]:

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from momentumlab.config import StrictModel
 from momentumlab.data.feature_margin import FeatureMarginDataConfig
 from momentumlab.optim.momentum import OptimizerConfig
-from momentumlab.runs.registry import RunKind, register_run_kind
+from momentumlab.runs.registry import MemoryEstimate, RunKind, check_lr_fits, register_run_kind
 from momentumlab.train import feature_margin_batched
 from momentumlab.train.feature_margin import train_feature_margin
 
@@ -63,7 +63,21 @@ class FeatureMarginRunConfig(StrictModel):
                 f"train.batch_size = {self.train.batch_size} exceeds data.n_train = "
                 f"{self.data.n_train}; allowed: 1..{self.data.n_train} or null (full batch)"
             )
+        check_lr_fits(self.optimizer.lr, self.train.dtype)
         return self
+
+
+def memory(config: FeatureMarginRunConfig) -> MemoryEstimate:
+    """Peak memory of one run: its P patches of dimension d for every example, and the training set's
+    P × m filter responses (a few live at once during a step), at the run's precision."""
+    data, width = config.data, config.model.width
+    examples = data.n_train + data.n_val + data.n_test
+    values = examples * data.patches * data.dim + 4 * data.n_train * data.patches * width + width * data.dim
+    itemsize = 8 if config.train.dtype == "float64" else 4
+    return MemoryEstimate(
+        itemsize * values,
+        ("data.n_train", "data.n_val", "data.n_test", "data.patches", "data.dim", "model.width"),
+    )
 
 
 KIND = register_run_kind(
@@ -73,5 +87,7 @@ KIND = register_run_kind(
         train_feature_margin,
         batch_key=feature_margin_batched.batch_key,
         train_batch=feature_margin_batched.train_batched,
+        last_row=lambda config: ("step", config.train.steps),
+        memory=memory,
     )
 )

@@ -15,7 +15,7 @@ from momentumlab.data.images import ImageDataConfig
 from momentumlab.optim.graduated import GraduatedConfig
 from momentumlab.optim.lr_schedules import LRScheduleConfig
 from momentumlab.optim.momentum import OptimizerConfig
-from momentumlab.runs.registry import RunKind, register_run_kind
+from momentumlab.runs.registry import RunKind, check_lr_fits, register_run_kind
 from momentumlab.train.images import train_images
 
 
@@ -97,6 +97,7 @@ class ImageRunConfig(StrictModel):
                 f"train.lr_schedule.warmup_epochs = {self.train.lr_schedule.warmup_epochs} must be below "
                 f"train.epochs = {self.train.epochs}"
             )
+        check_lr_fits(self.optimizer.lr, "float32")
         return self
 
 
@@ -110,4 +111,6 @@ CIFAR_TRAIN = ImageTrainConfig(
     device="cuda",
 )
 
-KIND = register_run_kind(RunKind("image", ImageRunConfig, train_images))
+KIND = register_run_kind(
+    RunKind("image", ImageRunConfig, train_images, last_row=lambda config: ("epoch", config.train.epochs))
+)

@@ -10,7 +10,9 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 
-Status = Literal["running", "complete", "diverged", "failed"]
+# pending: never started; interrupted: running, but its process is gone (it resumes); corrupt: its files do
+# not verify (it retrains); busy: another process holds it (a sweep's report, never stored).
+Status = Literal["pending", "running", "interrupted", "complete", "diverged", "failed", "corrupt", "busy"]
 FINISHED: tuple[Status, ...] = ("complete", "diverged")
 
 

@@ -10,15 +10,17 @@ its own with :func:`register_run_kind` or through an entry point in the group
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from pydantic import BaseModel
 
-from momentumlab.config import ConfigError, apply_overrides, load_raw, validate
+from momentumlab.config import ConfigError, apply_overrides, flatten, load_raw, validate
 from momentumlab.runs.record import RunRecord
 
 ENTRY_POINT_GROUP = "momentumlab.run_kinds"
@@ -52,16 +54,33 @@ class BatchTrainer(Protocol):
 
 
 @dataclass(frozen=True)
+class MemoryEstimate:
+    """About how many bytes a run needs at its peak, and the config fields that set it."""
+
+    bytes: int
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RunKind:
     """A kind of training run: `config` is its schema (with a field ``kind: Literal[name]``), `train` its
     single-run trainer; `batch_key` and `train_batch`, when given, let runs with equal keys (not None)
-    train together."""
+    train together.
+
+    What the store verifies when it reads a run back: `last_row(config)` gives the (column, value) the
+    metrics of a complete run end at, and `divergence_column` the column that counts what a diverged
+    run's `diverged_at_step` counts (its last row lies at or before it). `memory` estimates a run's
+    peak memory, checked before it trains. Each is optional (a user's kind is verified by checksums).
+    """
 
     name: str
     config: type[BaseModel]
     train: Trainer
     batch_key: Callable[[Any], str | None] | None = None
     train_batch: BatchTrainer | None = None
+    last_row: Callable[[Any], tuple[str, float]] | None = None
+    divergence_column: str = "step"
+    memory: Callable[[Any], MemoryEstimate] | None = None
 
     def __post_init__(self) -> None:
         field = self.config.model_fields.get("kind")
@@ -148,5 +167,56 @@ def parse_run_config(raw: dict[str, Any]) -> BaseModel:
 
 
 def load_run_config(path: Path, overrides: Sequence[str] = ()) -> BaseModel:
-    """A run config from a YAML or TOML file naming its kind, with dotted overrides applied."""
-    return parse_run_config(apply_overrides(load_raw(path), list(overrides)))
+    """A run config from a YAML or TOML file naming its kind, with dotted overrides applied, that this
+    machine can run (:func:`check_runnable`)."""
+    config = parse_run_config(apply_overrides(load_raw(path), list(overrides)))
+    check_runnable(config)
+    return config
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_lr_fits(lr: float, dtype: str) -> None:
+    """Refuse a learning rate the weights' dtype cannot hold (float32 updates overflow above ~3.4e38)."""
+    if dtype != "float64" and lr > FLOAT32_MAX:
+        raise ValueError(
+            f"optimizer.lr = {lr:g} overflows {dtype} weights; allowed: ≤ {FLOAT32_MAX:.4g} (or train.dtype "
+            "= 'float64')"
+        )
+
+
+def _gigabytes(count: int) -> str:
+    return f"{count / 1e9:,.1f} GB"
+
+
+def check_runnable(config: BaseModel) -> None:
+    """Refuse a config this machine cannot run: a CUDA device it lacks, or a run whose memory estimate
+    exceeds the device's memory (checked before anything is allocated)."""
+    devices = {key: value for key, value in flatten(config.model_dump(mode="json")).items()}
+    devices = {key: value for key, value in devices.items() if key.split(".")[-1] == "device"}
+    for field, device in devices.items():
+        if isinstance(device, str) and device.startswith("cuda"):
+            index = int(device.partition(":")[2] or 0)
+            available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if index >= available:
+                allowed = "'cpu'" + (f" or cuda:0..cuda:{available - 1}" if available else "")
+                raise ConfigError(
+                    f"{field} = {device!r}: this machine has {available} CUDA device(s); allowed: {allowed}"
+                )
+    estimate_memory = kind_of(config).memory
+    if estimate_memory is None:
+        return
+    estimate = estimate_memory(config)
+    device = next(iter(devices.values()), "cpu")
+    if isinstance(device, str) and device.startswith("cuda"):
+        capacity = torch.cuda.get_device_properties(int(device.partition(":")[2] or 0)).total_memory
+    else:
+        capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if estimate.bytes > capacity:
+        raw = flatten(config.model_dump(mode="json"))
+        fields = ", ".join(f"{field} = {raw[field]}" for field in estimate.fields)
+        raise ConfigError(
+            f"{fields}: the run needs about {_gigabytes(estimate.bytes)} of memory, {device} has "
+            f"{_gigabytes(capacity)}; allowed: sizes whose estimate fits"
+        )

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from momentumlab.config import StrictModel
 from momentumlab.data.teacher import TeacherDataConfig
 from momentumlab.optim.momentum import OptimizerConfig
-from momentumlab.runs.registry import RunKind, register_run_kind
+from momentumlab.runs.registry import MemoryEstimate, RunKind, check_lr_fits, register_run_kind
 from momentumlab.train import teacher_student_batched
 from momentumlab.train.teacher_student import train_student
 
@@ -64,7 +64,27 @@ class TeacherStudentRunConfig(StrictModel):
                 f"model.kernel_size = {self.model.kernel_size} exceeds data.dim = {self.data.dim}; "
                 f"allowed: 1..{self.data.dim}"
             )
+        check_lr_fits(self.optimizer.lr, self.train.dtype)
         return self
+
+
+def memory(config: TeacherStudentRunConfig) -> MemoryEstimate:
+    """Peak memory of one run: the inputs, the student's activations on every example (one per hidden
+    unit and layer, per coordinate for a CNN) with their gradients, and its parameters."""
+    data, model = config.data, config.model
+    examples = data.n_train + data.n_val + data.n_test
+    convolution = model.architecture.startswith("cnn")
+    layers = 2 if model.architecture.endswith("2") else 1
+    per_unit = data.dim if convolution else 1
+    parameters = model.width * (model.kernel_size if convolution else data.dim)
+    if layers == 2:
+        parameters += model.width * model.width * (model.kernel_size if convolution else 1)
+    values = examples * data.dim + 2 * layers * examples * model.width * per_unit + 4 * parameters
+    itemsize = 8 if config.train.dtype == "float64" else 4
+    return MemoryEstimate(
+        itemsize * values,
+        ("data.n_train", "data.n_val", "data.n_test", "data.dim", "model.width", "model.architecture"),
+    )
 
 
 KIND = register_run_kind(
@@ -74,5 +94,8 @@ KIND = register_run_kind(
         train_student,
         batch_key=teacher_student_batched.student_batch_key,
         train_batch=teacher_student_batched.train_students_batched,
+        last_row=lambda config: ("epoch", config.train.epochs),
+        divergence_column="epoch",
+        memory=memory,
     )
 )
