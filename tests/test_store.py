@@ -288,3 +288,25 @@ def test_an_image_run_is_stored_and_reused(store, tmp_path):
     pd.testing.assert_frame_equal(store.run(config, on_step=fail_on_step).metrics(), stored.metrics())
     (row,) = [r for r in store.list() if r["run_id"] == stored.run_id]
     assert (row["kind"], row["status"]) == ("image", "complete")
+
+
+def test_a_measurement_is_measured_again_when_the_package_source_changes(tmp_path, monkeypatch):
+    from pydantic import BaseModel
+
+    import momentumlab.store as store_module
+
+    class Settings(BaseModel):
+        size: int = 3
+
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"table": pd.DataFrame({"x": [float(len(calls))]})}
+
+    store = RunStore(tmp_path / "store")
+    assert store.measurement("demo", Settings(), measure)["table"]["x"].item() == 1.0
+    assert store.measurement("demo", Settings(), measure)["table"]["x"].item() == 1.0  # cached
+    monkeypatch.setattr(store_module, "source_fingerprint", lambda: "edited-source")
+    assert store.measurement("demo", Settings(), measure)["table"]["x"].item() == 2.0
+    assert len(list((tmp_path / "store" / "measurements" / "demo").iterdir())) == 2

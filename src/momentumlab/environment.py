@@ -3,6 +3,8 @@ measurement (``environment.json``) so that a result can be traced and rerun."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -50,3 +52,14 @@ def environment() -> dict[str, Any]:
         },
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+@functools.cache
+def source_fingerprint() -> str:
+    """Hash (16 hex digits) of every Python source file of the installed package: a cached measurement
+    is keyed by it as well as its settings, so that changed code never serves stale tables."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]

@@ -44,8 +44,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from momentumlab import atomic
-from momentumlab.config import PathError, config_hash
-from momentumlab.environment import environment
+from momentumlab.config import PathError, config_hash, content_hash
+from momentumlab.environment import environment, source_fingerprint
 from momentumlab.runs import RunRecord, check_runnable, kind_of, parse_run_config
 from momentumlab.train.checkpoint import checkpoint_position
 
@@ -530,10 +530,11 @@ class RunStore:
     def measurement(
         self, name: str, settings: BaseModel, measure: Callable[[], Tables], force: bool = False
     ) -> Tables:
-        """The tables `measure()` returns for `settings` of reproduction `name`, stored under the settings'
-        hash with the environment that computed them and reused on the next call (unless `force`, or a
-        table does not match the checksum its status keeps: then it is measured again)."""
-        key = config_hash(settings)
+        """The tables `measure()` returns for `settings` of reproduction `name`, stored under the hash of
+        the settings and the package's source (see `source_fingerprint`) with the environment that
+        computed them, and reused on the next call (unless `force`, or a table does not match the
+        checksum its status keeps: then it is measured again)."""
+        key = content_hash({"settings": settings.model_dump(mode="json"), "source": source_fingerprint()})
         folder = self.root / "measurements" / name / key
         folder.mkdir(parents=True, exist_ok=True)
         with _exclusive(folder / ".lock", f"{name}/{key}"):
