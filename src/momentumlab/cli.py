@@ -1,4 +1,4 @@
-"""The `momentumlab` command: run, sweep, compare, reproduce, ls, show, store check/repair, data fetch.
+"""The `momentumlab` command: run, sweep, compare, reproduce, ls, show, plot, store check/repair, data fetch.
 
 Every command turns the project's own errors into one line on stderr: invalid input (a config, an
 option, a path) exits 2, a run that cannot be found or is busy, a failed write or a missing dataset
@@ -414,6 +414,76 @@ def store_repair(store: StoreOption = None) -> None:
     rebuild the index from the run folders."""
     for action in RunStore(store, reconcile=False).repair():
         typer.echo(action)
+
+
+@app.command()
+@_reported
+def plot(
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Run ids (or unique prefixes) and sweep results (a sweep's output folder or its "
+            "results.csv/.parquet); default: every run in the store."
+        ),
+    ] = None,
+    columns: Annotated[
+        list[str] | None,
+        typer.Option("--column", "-c", help="Logged column to draw (repeatable; default: train_loss)."),
+    ] = None,
+    group: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--group",
+            "-g",
+            help="Config field (dotted) whose values make the curves (repeatable; default: every field "
+            "the runs differ in except the seed). Runs in a group are averaged, with a min–max band.",
+        ),
+    ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option("--where", help="field=value: keep only the runs with this config value (repeatable)."),
+    ] = None,
+    heatmap: Annotated[
+        str | None,
+        typer.Option(
+            "--heatmap",
+            help="X,Y: instead of curves, a heat map of the final value of the --column over two config "
+            "fields, the mean over each cell's runs (seeds).",
+        ),
+    ] = None,
+    x: Annotated[str, typer.Option("--x", help="The logged column of the curves' x axis.")] = "step",
+    log_y: Annotated[bool, typer.Option("--log-y", help="Logarithmic y axis for curves.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Figure file: .png, .pdf or .svg.")] = Path("plot.png"),
+    store: StoreOption = None,
+) -> None:
+    """Figures of stored runs or sweep results: curves of logged columns over steps grouped by config
+    fields, or a heat map of a final value over two swept fields (mean over seeds)."""
+    from momentumlab import plots
+
+    columns = columns or ["train_loss"]
+    fields = tuple(field.strip() for field in heatmap.split(",")) if heatmap is not None else ()
+    plots.check_figure_path(out)
+    if heatmap is not None and (len(fields) != 2 or len(columns) != 1):
+        raise ConfigError(
+            f"--heatmap {heatmap!r} with --column {', '.join(columns)}: give two fields as X,Y and one column"
+        )
+    run_store = RunStore(store)
+    table, left_out = plots.run_table(sources or [], run_store)
+    table = plots.select(table, where or [])
+    if heatmap is not None:
+        drawn = plots.plot_heatmap(table, columns[0], fields, out)
+        summary = drawn.pivot(index=fields[1], columns=fields[0], values="mean")
+    else:
+        drawn = plots.plot_curves(table, run_store, columns, out, group=group, x=x, log_y=log_y)
+        last = drawn.groupby(["column", "label"], sort=False).tail(1)
+        summary = last[["column", "label", x, "mean", "low", "high", "runs"]].set_index(["column", "label"])
+    if left_out:
+        typer.echo(f"left out (no results): {', '.join(left_out)}", err=True)
+    mixed = plots.averaged_fields(table, group) if heatmap is None else []
+    if mixed:
+        typer.echo(f"note: each curve averages over {', '.join(mixed)}")
+    typer.echo(summary.to_string(float_format=lambda value: f"{value:.6g}"))
+    typer.echo(f"figure: {out} ({len(table)} runs)")
 
 
 def main() -> None:

@@ -154,6 +154,23 @@ def test_minibatch_noise_averages_to_the_finite_population_variance():
         minibatch_noise_norms(gradients, 9, 3, torch.Generator())
 
 
+def test_subset_variance_is_unbiased_for_the_full_set():
+    """With population=N, the subset's C² estimate (N−1)/N · s² averages, over all C(N, n) subsets, to the
+    full set's C² exactly; a subset of all N examples gives the full set's value; bad sizes are refused."""
+    _, loss, point, inputs, labels = _digits_problem(count=8)
+    statistics = gradient_statistics(loss, point, inputs, labels)
+    estimates = [
+        gradient_statistics(loss, point, inputs[list(subset)], labels[list(subset)], population=8).variance
+        for subset in itertools.combinations(range(8), 3)
+    ]
+    assert sum(estimates) / len(estimates) == pytest.approx(statistics.variance, rel=1e-4)
+    assert max(estimates) > 1.1 * min(estimates)  # the subsets differ: the average is not trivially equal
+    same = gradient_statistics(loss, point, inputs, labels, population=8)
+    assert same.variance == statistics.variance
+    with pytest.raises(ValueError, match="population=5"):
+        gradient_statistics(loss, point, inputs, labels, population=5)
+
+
 def test_smoothing_degree_by_hand():
     """η = 0.1, b = 4, C² = 16, K = 3: C²/b = 4, C²/b + K² = 13."""
     assert smoothing_degree("sgd", 0.1, 4, 0.0, 16.0, 3.0) == pytest.approx(0.2)  # 0.1·√4

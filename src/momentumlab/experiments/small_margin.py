@@ -408,9 +408,9 @@ def _power(tables: Tables) -> str:
         f"Measured: {estimate.n} seeds, paired differences of the held-out ratio with standard deviation "
         f"{spread:.4f}; mean {estimate.mean:+.4f}, 95% interval [{estimate.low:+.4f}, {estimate.high:+.4f}], "
         f"half-width {half_width:.4f} = {half_width / PAPER_EFFECT:.2f} × the paper's effect {PAPER_EFFECT:.2f}, "
-        f"which the interval {'contains' if paper_inside else 'excludes'}. With as few seeds the percentile "
-        f"bootstrap is narrower than Student's t interval, mean ± t₀.₉₇₅·SD/√n = "
-        f"[{estimate.mean - t_half:+.4f}, {estimate.mean + t_half:+.4f}]; read the verdict with that. On clean "
+        f"which the interval {'contains' if paper_inside else 'excludes'}. For comparison, Student's t "
+        f"interval mean ± t₀.₉₇₅·SD/√n = [{estimate.mean - t_half:+.4f}, {estimate.mean + t_half:+.4f}] "
+        f"(the expanded bootstrap interval is built to match its width). On clean "
         f"held-out images GD+M − GD = {clean.mean:+.4f} [{clean.low:+.4f}, {clean.high:+.4f}]."
     )
 

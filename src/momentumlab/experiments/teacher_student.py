@@ -293,7 +293,7 @@ def _no_better(plain: str, momentum: str) -> ClaimFunction:
                 "smallest mean gain": float(mean_gain.min(skipna=False)),
                 "seeds": gains.shape[1],
                 "interval": (
-                    "per cell, the percentile-bootstrap 95% interval of the seed-paired mean gain; the largest "
+                    "per cell, the expanded percentile-bootstrap 95% interval of the seed-paired mean gain; the largest "
                     "lower end and the largest upper end over cells"
                 ),
             },

@@ -28,25 +28,32 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from momentumlab.probes.model_state import Mode, check_mode, probe_buffers, probe_mode
+
 Method = Literal["sgd", "shb", "nshb"]
 METHODS: tuple[Method, ...] = ("sgd", "shb", "nshb")
 FlatLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, inputs, targets) -> mean
 
 
 def flat_model_loss(
-    model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mode: Mode = "eval"
 ) -> tuple[FlatLoss, torch.Tensor]:
     """(x, inputs, targets) ↦ loss_fn(model with parameters x (inputs), targets), and the model's current x.
 
-    x is flat in ``model.parameters()`` order; the model itself is left untouched.
+    x is flat in ``model.parameters()`` order; the model itself is left untouched: the forward pass runs
+    in `mode` with the buffers of :func:`~momentumlab.probes.model_state.probe_buffers` (BatchNorm in eval
+    mode reads its running statistics, which is what per-sample gradients of a BN model need).
     """
+    check_mode(mode)
     names = [name for name, _ in model.named_parameters()]
     parameters = [parameter.detach() for parameter in model.parameters()]
     sizes = [parameter.numel() for parameter in parameters]
 
     def loss(flat: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         views = {name: view.view_as(p) for name, view, p in zip(names, flat.split(sizes), parameters)}
-        return loss_fn(functional_call(model, views, (inputs,)), targets)
+        with probe_mode(model, mode):
+            outputs = functional_call(model, {**views, **probe_buffers(model, mode)}, (inputs,))
+        return loss_fn(outputs, targets)
 
     return loss, torch.cat([parameter.reshape(-1) for parameter in parameters])
 
@@ -118,12 +125,17 @@ def gradient_statistics(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: int = 256,
+    population: int | None = None,
 ) -> GradientStatistics:
     """∇f(x) and C²(x) from the N per-sample gradients ∇f_i(x), computed `chunk_size` at a time.
 
     `loss` must be the mean over its batch, so that f_i is the loss on example i alone. Sums are kept in
     float64: C² = (1/N) Σ_i ‖∇f_i‖² − ‖∇f‖² then loses nothing to cancellation beyond the per-sample
     gradients' own rounding.
+
+    With `population` = M > N, the N examples are a uniform random subset, drawn without replacement, of a
+    set of M: the mean is then the subset's (an unbiased estimate of the set's ∇f) and the variance is
+    (M−1)/M · s², s² = Σ_i ‖∇f_i − ∇f‖² / (N−1), an unbiased estimate of the set's C².
     """
 
     def single(x: torch.Tensor, one_input: torch.Tensor, one_target: torch.Tensor) -> torch.Tensor:
@@ -139,6 +151,10 @@ def gradient_statistics(
         squared_norms += (gradients**2).sum().item()
     mean = total / count  # ∇f
     variance = squared_norms / count - (mean**2).sum().item()  # C² = E_i‖∇f_i‖² − ‖∇f‖²
+    if population is not None and population != count:
+        if not 2 <= count < population:
+            raise ValueError(f"population={population}: must exceed the {count} examples given, and N ≥ 2")
+        variance *= count / (count - 1) * (population - 1) / population  # (M−1)/M · s², unbiased for C²
     # rounding can take an exact zero to about −1e-16·E_i‖∇f_i‖²; that is the only case max() changes
     return GradientStatistics(mean.to(point.dtype), max(variance, 0.0))
 

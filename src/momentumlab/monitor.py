@@ -1,0 +1,408 @@
+"""Momentum-aware instruments for any PyTorch training loop: :class:`Monitor`.
+
+    monitor = Monitor(model, F.cross_entropy, optimizer, (train_inputs, train_labels), every=100)
+    for inputs, labels in loader:                    # the user's loop, unchanged
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss)                           # measures at every `every`-th step
+    monitor.table()                                  # tidy rows: step, name, value
+
+The monitor reads the optimizer's own state and hyperparameters (:mod:`momentumlab.probes.update_rules`)
+through a step pre-hook that copies, at measured steps only, the point x_t, the minibatch gradient g_t and
+the buffer m_{t−1} before the step. It draws no random numbers from the global generators, writes no
+gradient, buffer or training flag of the model (every probe runs in `mode` and restores what it touches,
+:mod:`momentumlab.probes.model_state`), so training with and without it gives bit-identical parameters.
+
+At step t (t optimizer steps taken, measured when t is a multiple of `every`), one row holds:
+
+- at the point x_t where the step started: ``grad_norm`` ‖g_t‖; with ``noise``, the full gradient ∇f(x_t)
+  of the mean loss over `data` (``full_grad_norm``), the search direction d_t of the rule actually used
+  and its noise ω_t = d_t − ∇f(x_t) (``noise_norm`` ‖ω_t‖, ``step_noise`` ‖η ω_t‖), C²(x_t) =
+  E_i‖∇f_i − ∇f‖² (``gradient_variance``), K = the running maximum of ‖∇f‖ (``gradient_bound``) and the
+  theory's δ (``smoothing_delta``, SGD, heavy ball and EMA momentum; SPEC §3). These are estimated from
+  per-sample gradients on a fixed random subset S of `noise_examples` examples (default 256; None: all of
+  `data`, exact): ∇f by the mean over S (unbiased), C² by (N−1)/N · s² with s² the sample variance over
+  S (unbiased for the C² of all N examples); the norms ‖∇f‖, ‖ω‖, ‖ηω‖ and hence K and δ are those of
+  the subset's estimate, whose square exceeds the full set's by (1 − |S|/N) s²/|S| on average;
+- the step itself: ``buffer_norm`` ‖m_t‖ and ``buffer_grad_cosine`` cos(m_t, g_t) (Adam: m_t = exp_avg),
+  ``effective_step`` η_eff (SGD-type rules only), ``update_grad_ratio`` ‖x_{t+1} − x_t‖ / ‖η g_t‖;
+- at the new point x_{t+1}: ``loss`` (the minibatch loss passed to :meth:`Monitor.step`), ``probe_loss``
+  and each metric over `data`, ``param_norm``, the top-k Hessian eigenvalues (``top_eigenvalue_1`` …,
+  Lanczos warm-started from the previous top eigenvector, with ``eigen_hvps`` and ``eigen_converged``)
+  of the Hessian of the mean loss over a fixed random subset of `hessian_batch` examples (default 256;
+  None: all of `data`) — the subset's Hessian, not an estimate of the full set's — the Hutchinson trace
+  (``hessian_trace``, ``hessian_trace_error``) and an SLQ spectral density (kept in :attr:`densities`;
+  ``density_moment_1``, ``density_moment_2`` = ∫λ dμ, ∫λ² dμ in the table).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+from typing_extensions import Self
+
+from momentumlab import atomic
+from momentumlab.loggers import MetricLogger, TableLogger
+from momentumlab.probes.curvature import hutchinson_trace, model_hvp, top_eigenvalues
+from momentumlab.probes.model_state import Mode, check_mode, probe_buffers, probe_mode
+from momentumlab.probes.noise import flat_model_loss, gradient_statistics, smoothing_degree
+from momentumlab.probes.spectral_density import SpectralDensity, spectral_density
+from momentumlab.probes.update_rules import UpdateRule, update_rules
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> mean over the batch
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose largest output is the target class."""
+    return (outputs.argmax(1) == targets).double().mean()
+
+
+@dataclass
+class _StepStart:
+    """What the pre-hook copies before a measured step: x_t, g_t, m_{t−1} and each parameter's rule."""
+
+    point: list[torch.Tensor]
+    gradients: list[torch.Tensor | None]
+    buffers: list[torch.Tensor | None]
+    rules: list[UpdateRule | None]
+    uniform_rule: UpdateRule | None  # the one rule of every group (hyperparameters at this step), if one
+
+    @property
+    def smoothing_method(self):
+        return self.uniform_rule.smoothing_method if self.uniform_rule is not None else None
+
+
+class Monitor:
+    """Instruments `model` trained by `optimizer` on `loss_fn`; call :meth:`step` after each
+    ``optimizer.step()`` (or use it as a context manager, which closes it at the end).
+
+    `data` is what the measurements average over: a DataLoader (read once, at construction, without
+    touching the global random state) or a tuple (inputs, targets). `batch_size` is the training batch
+    size b in δ (default: the DataLoader's). `hessian_batch` and `noise_examples` bound the examples the
+    curvature and the noise are measured on (fixed random subsets drawn at construction; None: all).
+    `metrics` maps names to (outputs, targets) ↦ batch means, e.g.
+    ``{"accuracy": accuracy}``. `loggers` receive every row (:class:`~momentumlab.loggers.MetricLogger`);
+    the monitor also keeps them in a table (:meth:`table`, :meth:`save`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        optimizer: Optimizer,
+        data: DataLoader | tuple[torch.Tensor, torch.Tensor],
+        *,
+        every: int = 100,
+        metrics: Mapping[str, Metric] | None = None,
+        mode: Mode = "eval",
+        top_k: int = 1,
+        eigen_tol: float = 1e-3,
+        eigen_max_iter: int = 100,
+        hessian_batch: int | None = 256,
+        trace_probes: int = 0,
+        density: bool = False,
+        density_probes: int = 4,
+        density_steps: int = 30,
+        noise: bool = True,
+        noise_examples: int | None = 256,
+        batch_size: int | None = None,
+        chunk_size: int | None = None,
+        loggers: Sequence[MetricLogger] = (),
+        seed: int = 0,
+    ):
+        check_mode(mode)
+        if every < 1:
+            raise ValueError(f"every={every}: must be a positive number of steps")
+        if top_k < 0 or trace_probes < 0 or trace_probes == 1:
+            raise ValueError(f"top_k={top_k}, trace_probes={trace_probes}: top_k ≥ 0, trace_probes 0 or ≥ 2")
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.every, self.mode, self.metrics = every, mode, dict(metrics or {})
+        self.top_k, self.eigen_tol, self.eigen_max_iter = top_k, eigen_tol, eigen_max_iter
+        self.trace_probes, self.density, self.noise = trace_probes, density, noise
+        self.density_probes, self.density_steps, self.chunk_size = density_probes, density_steps, chunk_size
+        self.loggers = list(loggers)
+        self.rules = update_rules(optimizer)
+        if noise and not all(rule.has_direction for rule in self.rules):
+            raise ValueError(
+                "noise=True: Adam/AdamW have no search direction on the gradient's scale; use noise=False"
+            )
+        if (
+            noise
+            and mode == "train"
+            and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        ):
+            raise ValueError(
+                "mode='train' with noise=True: per-sample gradients of a BatchNorm model are defined in eval "
+                "mode only (a batch of one has no batch statistics); use mode='eval' or noise=False"
+            )
+        self.batch_size = batch_size if batch_size is not None else getattr(data, "batch_size", None)
+        uniform_rule = _uniform(self.rules)
+        if noise and uniform_rule is not None and uniform_rule.smoothing_method and self.batch_size is None:
+            raise ValueError("batch_size=None: δ needs the training batch size b; pass batch_size=...")
+        device = next(model.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.inputs, self.targets = _materialize(data, device)
+        count = len(self.inputs)
+        for name, size in (("hessian_batch", hessian_batch), ("noise_examples", noise_examples)):
+            if size is not None and size < (2 if name == "noise_examples" else 1):
+                raise ValueError(
+                    f"{name}={size}: must be a number of examples (≥ 1, noise ≥ 2), or None for all {count}"
+                )
+        subset = torch.randperm(count, generator=self.generator, device=device)[: hessian_batch or count]
+        self.hessian_inputs, self.hessian_targets = self.inputs[subset], self.targets[subset]
+        self.noise_inputs, self.noise_targets = self.inputs, self.targets
+        if noise_examples is not None and noise_examples < count:
+            subset = torch.randperm(count, generator=self.generator, device=device)[:noise_examples]
+            self.noise_inputs, self.noise_targets = self.inputs[subset], self.targets[subset]
+        self.dim = sum(parameter.numel() for parameter in model.parameters())
+        self.densities: dict[int, SpectralDensity] = {}
+        self._table = TableLogger()
+        self._steps = self._optimizer_steps = 0
+        self._start: _StepStart | None = None
+        self._top_vector: torch.Tensor | None = None
+        self._gradient_bound = 0.0
+        self._hook = optimizer.register_step_pre_hook(self._before_step)
+
+    # the training loop's side
+
+    def step(self, loss: torch.Tensor | float | None = None) -> dict[str, float] | None:
+        """Call once after each ``optimizer.step()``; returns the row measured at this step, if any."""
+        self._steps += 1
+        if self._steps != self._optimizer_steps:
+            raise RuntimeError(
+                f"monitor.step() call {self._steps} after {self._optimizer_steps} optimizer steps: "
+                "call it once after each optimizer.step()"
+            )
+        if self._steps % self.every:
+            return None
+        with torch.random.fork_rng(devices=_cuda_devices(self.model)):
+            row = self._measure(loss)
+        self._table.log(self._steps, row)
+        for logger in self.loggers:
+            logger.log(self._steps, row)
+        return row
+
+    def table(self) -> pd.DataFrame:
+        """Every measured value: columns step, name, value."""
+        return self._table.frame()
+
+    def spectra(self) -> pd.DataFrame:
+        """The SLQ quadratures behind :attr:`densities`: columns step, probe, node, weight."""
+        rows = [
+            (step, probe, float(node), float(weight))
+            for step, density in self.densities.items()
+            for probe, (nodes, weights) in enumerate(zip(density.nodes, density.weights))
+            for node, weight in zip(nodes, weights)
+        ]
+        return pd.DataFrame(rows, columns=["step", "probe", "node", "weight"])
+
+    def save(self, path: Path | str) -> None:
+        """The table as Parquet at `path`, written atomically."""
+        frame = self.table()
+        atomic.atomic_write(Path(path), lambda stream: frame.to_parquet(stream, index=False))
+
+    def close(self) -> None:
+        """Remove the optimizer hook and close the loggers."""
+        self._hook.remove()
+        for logger in self.loggers:
+            logger.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # measurements
+
+    def _before_step(self, optimizer: Optimizer, args, kwargs) -> None:
+        self._optimizer_steps += 1
+        if self._optimizer_steps % self.every:
+            return
+        rules = update_rules(optimizer)  # read at every measured step: a scheduler may have changed η
+        rule_of = {id(p): rule for rule, group in zip(rules, optimizer.param_groups) for p in group["params"]}
+        parameters = list(self.model.parameters())
+        self._start = _StepStart(
+            point=[parameter.detach().clone() for parameter in parameters],
+            gradients=[None if p.grad is None else p.grad.detach().clone() for p in parameters],
+            buffers=[_buffer(optimizer, p, rule_of.get(id(p))) for p in parameters],
+            rules=[rule_of.get(id(p)) for p in parameters],
+            uniform_rule=_uniform(rules),
+        )
+
+    def _measure(self, loss) -> dict[str, float]:
+        start, self._start = self._start, None
+        parameters = list(self.model.parameters())
+        row: dict[str, float] = {}
+        if loss is not None:
+            row["loss"] = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        gradient = _flat(
+            g if g is not None else torch.zeros_like(p) for g, p in zip(start.gradients, parameters)
+        )
+        row["grad_norm"] = gradient.norm().item()
+        row.update(self._momentum_quantities(start, parameters, gradient))
+        if self.noise:
+            row.update(self._noise(start))
+        row.update(self._at_current_point())
+        return row
+
+    def _momentum_quantities(self, start: _StepStart, parameters, gradient) -> dict[str, float]:
+        row = {}
+        if any(rule is not None and rule.buffer_key for rule in start.rules):
+            buffers = (_buffer(self.optimizer, p, rule) for p, rule in zip(parameters, start.rules))
+            buffer = _flat(b if b is not None else torch.zeros_like(p) for b, p in zip(buffers, parameters))
+            row["buffer_norm"] = buffer.norm().item()
+            row["buffer_grad_cosine"] = _cosine(buffer, gradient)
+        if start.uniform_rule is not None and start.uniform_rule.effective_step is not None:
+            row["effective_step"] = start.uniform_rule.effective_step  # η(1−τ)/(1−β)
+        update = _flat(before - after.detach() for before, after in zip(start.point, parameters))
+        scaled_gradient = _flat(
+            (rule.lr if rule is not None else 0.0) * (g if g is not None else torch.zeros_like(p))
+            for rule, g, p in zip(start.rules, start.gradients, parameters)
+        )
+        row["update_grad_ratio"] = update.norm().item() / scaled_gradient.norm().item()  # ‖Δx‖ / ‖ηg‖
+        return row
+
+    def _noise(self, start: _StepStart) -> dict[str, float]:
+        """ω_t = d_t − ∇f(x_t) of the rule in use, with C²(x_t), K and δ."""
+        loss, _ = flat_model_loss(self.model, self.loss_fn, self.mode)
+        point = _flat(start.point)
+        statistics = gradient_statistics(  # over the fixed subset S (all of data when noise_examples=None)
+            loss, point, self.noise_inputs, self.noise_targets, self.chunk_size or 256, len(self.inputs)
+        )
+        full_gradients = statistics.full_gradient.split([p.numel() for p in start.point])
+        directions, rule_gradients, learning_rates = [], [], []
+        for rule, x, g, m, full in zip(
+            start.rules, start.point, start.gradients, start.buffers, full_gradients
+        ):
+            full = full.view_as(x)
+            if rule is None or g is None:  # a parameter the optimizer does not move: d = 0
+                directions.append(torch.zeros_like(x))
+                rule_gradients.append(full)
+                learning_rates.append(torch.zeros_like(x))
+                continue
+            directions.append(rule.direction(g, m, x)[0])  # d_t
+            rule_gradients.append(rule.gradient(full, x))  # ∇f(x_t) as the rule sees it: ±(∇f + λx)
+            learning_rates.append(torch.full_like(x, rule.lr))
+        full_gradient = _flat(rule_gradients)
+        noise = _flat(directions) - full_gradient  # ω_t = d_t − ∇f(x_t)
+        full_norm = full_gradient.norm().item()
+        self._gradient_bound = max(self._gradient_bound, full_norm)  # K: max of ‖∇f‖ so far
+        row = {
+            "full_grad_norm": full_norm,
+            "noise_norm": noise.norm().item(),
+            "step_noise": (_flat(learning_rates) * noise).norm().item(),  # ‖η ω_t‖
+            "gradient_variance": statistics.variance,  # C²(x_t)
+            "gradient_bound": self._gradient_bound,
+        }
+        if start.smoothing_method is not None:
+            rule = start.uniform_rule
+            row["smoothing_delta"] = smoothing_degree(
+                start.smoothing_method,
+                rule.lr,
+                self.batch_size,
+                rule.momentum,
+                statistics.variance,
+                self._gradient_bound,
+            )
+        return row
+
+    def _at_current_point(self) -> dict[str, float]:
+        row = self._loss_and_metrics()
+        parameters = list(self.model.parameters())
+        row["param_norm"] = _flat(p.detach() for p in parameters).norm().item()
+        if not (self.top_k or self.trace_probes or self.density):
+            return row
+        hvp = model_hvp(
+            self.model, self.loss_fn, self.hessian_inputs, self.hessian_targets, self.chunk_size, self.mode
+        )
+        if self.top_k:
+            result = top_eigenvalues(
+                hvp,
+                self.dim,
+                k=self.top_k,
+                tol=self.eigen_tol,
+                max_iter=self.eigen_max_iter,
+                generator=self.generator,
+                start=self._top_vector,
+            )
+            self._top_vector = result.eigenvectors[0]
+            row.update(
+                {f"top_eigenvalue_{i + 1}": value.item() for i, value in enumerate(result.eigenvalues)}
+            )
+            row["eigen_hvps"], row["eigen_converged"] = result.hvp_count, float(result.converged)
+        if self.trace_probes:
+            trace = hutchinson_trace(hvp, self.dim, self.trace_probes, self.generator)
+            row["hessian_trace"], row["hessian_trace_error"] = trace.trace, trace.standard_error
+        if self.density:
+            density = spectral_density(hvp, self.dim, self.density_probes, self.density_steps, self.generator)
+            self.densities[self._steps] = density
+            row["density_moment_1"], row["density_moment_2"] = density.moment(1), density.moment(2)
+        return row
+
+    @torch.no_grad()
+    def _loss_and_metrics(self) -> dict[str, float]:
+        """The mean loss and metrics over `data` at the current parameters, in `mode`, chunk by chunk."""
+        totals = dict.fromkeys(["probe_loss", *self.metrics], 0.0)
+        count = len(self.inputs)
+        size = self.chunk_size or count
+        for begin in range(0, count, size):
+            inputs, targets = self.inputs[begin : begin + size], self.targets[begin : begin + size]
+            with probe_mode(self.model, self.mode):
+                outputs = functional_call(self.model, probe_buffers(self.model, self.mode), (inputs,))
+            weight = len(inputs) / count  # the chunk's share of the mean
+            totals["probe_loss"] += float(self.loss_fn(outputs, targets)) * weight
+            for name, metric in self.metrics.items():
+                totals[name] += float(metric(outputs, targets)) * weight
+        return totals
+
+
+def _materialize(data, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, DataLoader):
+        with torch.random.fork_rng(devices=[]):  # a shuffling loader draws its seed from the global RNG
+            batches = list(data)
+        return torch.cat([b[0] for b in batches]).to(device), torch.cat([b[1] for b in batches]).to(device)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        if len(data[0]) != len(data[1]):
+            raise ValueError(f"data: {len(data[0])} inputs but {len(data[1])} targets")
+        return data[0].to(device), data[1].to(device)
+    raise TypeError(
+        f"data of type {type(data).__name__}: allowed are a DataLoader or a tuple (inputs, targets)"
+    )
+
+
+def _uniform(rules: list[UpdateRule]) -> UpdateRule | None:
+    """The rule every group shares, or None when groups differ (δ and η_eff need one η and one β)."""
+    return rules[0] if all(rule == rules[0] for rule in rules) else None
+
+
+def _buffer(optimizer: Optimizer, parameter: torch.Tensor, rule: UpdateRule | None) -> torch.Tensor | None:
+    """A copy of the parameter's buffer under its rule's key; None before the optimizer creates it."""
+    state = optimizer.state.get(parameter, {})
+    value = state.get(rule.buffer_key) if rule is not None and rule.buffer_key else None
+    return None if value is None else value.detach().clone()
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([tensor.reshape(-1) for tensor in tensors])
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    norms = a.norm() * b.norm()
+    return (a @ b / norms).item() if norms > 0 else math.nan
+
+
+def _cuda_devices(model: nn.Module) -> list[int]:
+    return sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
