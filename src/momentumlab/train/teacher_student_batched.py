@@ -2,9 +2,11 @@
 
 Runs that share the student architecture, the data's shapes, epochs, batch size, logging, dtype and
 device (:func:`student_batch_key`) train together: their parameters are stacked along a leading run
-dimension and evaluated and differentiated by :class:`~momentumlab.models.stacked_students.StackedStudents`
-(batched products and a hand-written backward pass, no autograd); each run keeps its own data (seed and teacher), minibatch order (its seed), learning rate, momentum rule and weight decay as
-per-run tensors. One update covers every rule of
+dimension and evaluated and differentiated by
+:class:`~momentumlab.models.stacked_students.StackedStudents` (batched products and a hand-written
+backward pass, no autograd); each run keeps its own data (seed and teacher), minibatch order (its
+seed, one permutation per epoch), learning rate, momentum rule and weight decay as per-run tensors.
+One update covers every rule of
 :mod:`momentumlab.optim.momentum`:
 
     b ← μ b + a ∇,   θ ← θ − η (c ∇ + e b)
