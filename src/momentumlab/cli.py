@@ -24,7 +24,7 @@ import typer
 from momentumlab.atomic import WriteError
 from momentumlab.config import INT_LIMIT, ConfigError, PathError
 from momentumlab.data.images import DatasetError
-from momentumlab.store import RunStore, RunStoreError
+from momentumlab.store import RunStore, RunStoreError, usable_folder
 
 app = typer.Typer(
     help="Reproduce and measure what momentum changes in what a network learns.",
@@ -169,7 +169,6 @@ def sweep(
         execute,
         expand,
         load_sweep,
-        output_folder,
         result_table,
         summary,
         write_result,
@@ -186,7 +185,7 @@ def sweep(
     configs = expand(sweep_spec, base)
     folder = out if out is not None else Path("sweeps") / spec.stem
     run_store = RunStore(store, progress=progress)
-    output_folder(folder)  # before training: a result that cannot be written is refused at once
+    usable_folder(folder, "--out")  # before training: a result that cannot be written is refused at once
     outcome = execute(
         configs,
         run_store,

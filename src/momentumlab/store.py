@@ -85,8 +85,8 @@ class RunStore:
         self.progress = progress
         self.index_problem = ""  # what was wrong with the index when it was opened (rebuilt since)
         self._checksums: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime) → SHA-256
-        _usable_folder(self.root, "store")
-        _usable_folder(self.root / "runs", "store")
+        usable_folder(self.root, "store")
+        usable_folder(self.root / "runs", "store")
         self._open_index()
         if reconcile:
             self.reconcile()
@@ -605,8 +605,9 @@ def plan_batches(configs: Sequence[BaseModel], store: RunStore, max_batch: int) 
     return batches + alone
 
 
-def _usable_folder(path: Path, what: str) -> None:
-    """Create `path` as a folder, or say why it cannot be one (a file, no permission, ...)."""
+def usable_folder(path: Path, what: str) -> None:
+    """Create `path` as a folder, or say why it cannot be one (a file, no permission, ...), naming it as
+    `what` (the option that gave it: "store", "--out")."""
     if path.exists() and not path.is_dir():
         raise PathError(f"{what} {path}: is a file, not a folder; allowed: a folder (or a path to create)")
     try:

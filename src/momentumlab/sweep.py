@@ -44,7 +44,6 @@ from momentumlab import atomic
 from momentumlab.config import (
     INT_LIMIT,
     ConfigError,
-    PathError,
     StrictModel,
     apply_overrides,
     config_hash,
@@ -53,7 +52,7 @@ from momentumlab.config import (
     validate,
 )
 from momentumlab.runs import check_runnable, import_kind_module, kind_of, parse_run_config, run_kind
-from momentumlab.store import RunStore, plan_batches
+from momentumlab.store import RunStore, plan_batches, usable_folder
 
 PER_NEURON = re.compile(r"_r\d+$")  # per-filter columns stay in each run's metrics.csv
 RESULT_TABLE = "results.csv"
@@ -312,21 +311,9 @@ def result_table(configs: list[BaseModel], store: RunStore) -> pd.DataFrame:
     return table
 
 
-def output_folder(out: Path) -> None:
-    """Create the result folder `out` (before a sweep trains), or say why it cannot be one."""
-    if out.exists() and not out.is_dir():
-        raise PathError(f"--out {out}: is a file, not a folder; allowed: a folder (or a path to create)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PathError(f"--out {out}: cannot create {error.filename or out}: {error.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise PathError(f"--out {out}: not writable; allowed: a folder this user can write")
-
-
 def write_result(table: pd.DataFrame, spec: SweepSpec, out: Path) -> None:
     """Save the table as CSV and Parquet beside the sweep it came from."""
-    output_folder(out)
+    usable_folder(out, "--out")
     atomic.write_text(out / "sweep.json", spec.model_dump_json(indent=2))
     atomic.write_text(out / RESULT_TABLE, table.to_csv(index=False))
     parquet = io.BytesIO()

@@ -154,7 +154,9 @@ def test_files_and_section_of_a_reproduction(tmp_path, store):
         "## A toy reproduction\n\nCommand: `momentumlab reproduce toy --scale smoke`."
     )
     assert "**Smoke scale**" in report.section and "2 points." in report.section
-    assert "| sum of x > 0 (`total-positive`) | 1 | — | > 0 | PASSED | Nobody (2024), Eq. (1)" in report.section
+    assert (
+        "| sum of x > 0 (`total-positive`) | 1 | — | > 0 | PASSED | Nobody (2024), Eq. (1)" in report.section
+    )
     assert "![x](toy/x.png)" in report.section
 
 
@@ -179,7 +181,9 @@ def test_every_registered_reproduction_has_a_valid_smoke_variant():
     for reproduction in REPRODUCTIONS.values():
         smoke = reproduction.settings.smoke()
         assert smoke != reproduction.settings(), reproduction.name
-        assert reproduction.settings.model_validate(smoke.model_dump(mode="json")) == smoke  # --set round trip
+        assert (
+            reproduction.settings.model_validate(smoke.model_dump(mode="json")) == smoke
+        )  # --set round trip
 
 
 def test_select_names_the_allowed_reproductions():

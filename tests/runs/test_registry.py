@@ -104,7 +104,8 @@ def test_an_entry_point_that_is_not_a_kind_is_reported(tmp_path, monkeypatch, fr
     write_distribution(tmp_path, "not_a_kind", "broken = not_a_kind:KIND")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(
-        ConfigError, match=r"entry point broken = 'not_a_kind:KIND' .* is not a momentumlab RunKind \(its type is int\)"
+        ConfigError,
+        match=r"entry point broken = 'not_a_kind:KIND' .* is not a momentumlab RunKind \(its type is int\)",
     ):
         run_kinds()
     monkeypatch.delitem(sys.modules, "not_a_kind")
