@@ -18,7 +18,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from momentumlab.atomic import WriteError
@@ -73,7 +72,7 @@ def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(error), 2)
         except (RunStoreError, WriteError, DatasetError) as error:
             _fail(str(error), 1)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
+        except (typer.Exit, typer.Abort):  # the command line's own way out
             raise
         except BrokenPipeError:  # the reader went away (`| head`): nothing more to say to it
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
