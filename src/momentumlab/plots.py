@@ -237,10 +237,13 @@ def plot_curves(
         axis.set_xlabel(x)
         axis.set_yscale("log" if log_y else "linear")
         axis.grid(alpha=0.3)
-        if panel == 0:  # the groups are the same in every panel
-            axis.legend(fontsize=8)
     for axis in list(axes.flat)[len(columns) :]:
         axis.axis("off")
+    figure.tight_layout()
+    # one legend for every panel (the groups are the same), below them: labels can be long
+    figure.legend(
+        *axes[0, 0].get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(0, 0), fontsize=8
+    )
     if (frame["runs"] > 1).any():
         mixed = averaged_fields(table, group)
         note = f"; each curve averages over {', '.join(mixed)}" if mixed else ""
@@ -324,7 +327,10 @@ def save(figure: plt.Figure, path: Path, dpi: int = 120) -> Path:
     """Write `figure` atomically in the format its extension names (.png, .pdf or .svg); close it."""
     check_figure_path(path)
     figure.tight_layout()
-    atomic.atomic_write(path, lambda stream: figure.savefig(stream, format=path.suffix[1:].lower(), dpi=dpi))
+    atomic.atomic_write(
+        path,
+        lambda stream: figure.savefig(stream, format=path.suffix[1:].lower(), dpi=dpi, bbox_inches="tight"),
+    )
     plt.close(figure)
     return path
 
