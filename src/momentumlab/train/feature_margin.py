@@ -37,7 +37,7 @@ from momentumlab.train.common import DTYPES, minibatch_indices
 from momentumlab.train.gradient_penalty import penalized_loss_and_gradient
 
 if TYPE_CHECKING:
-    from momentumlab.runs.feature_margin import FeatureMarginRunConfig
+    from momentumlab.runs.feature_margin import FeatureMarginRunConfig, FeatureMarginTrainConfig
 
 SHARPNESS_TOLERANCE = 1e-6  # relative change of the top Ritz value at which Lanczos stops
 
@@ -52,12 +52,14 @@ def build_model(config: FeatureMarginRunConfig) -> CubicCNN:
     return CubicCNN(config.model.width, config.data.dim, config.model.init_std, generator)
 
 
-def logged_steps(steps: int, log_every: int, geometric: bool) -> set[int]:
-    """Steps at which a row is logged: multiples of `log_every`, the last step, and (if `geometric`)
-    the geometric grid ⌈1.5^k⌉ below `log_every`, which resolves the fast early phase."""
-    logged = set(range(0, steps + 1, log_every)) | {steps}
+def logged_steps(train: FeatureMarginTrainConfig) -> set[int]:
+    """Steps at which a row is logged: multiples of `log_every`, the last step, the sharpness steps, and
+    (if `log_geometric`) the geometric grid ⌈1.5^k⌉ below `log_every`, which resolves the fast early phase."""
+    logged = set(range(0, train.steps + 1, train.log_every)) | {train.steps}
+    if train.sharpness_every is not None:
+        logged |= set(range(0, train.steps + 1, train.sharpness_every))
     power = 1.0
-    while geometric and power < log_every:
+    while train.log_geometric and power < train.log_every:
         logged.add(math.ceil(power))
         power *= 1.5
     return logged
@@ -136,9 +138,7 @@ def train_feature_margin(
         rows.append({"step": step, "train_loss": loss.item(), **row})
 
     fast_path = config.train.batch_size is None and config.train.gradient_penalty == 0
-    to_log = logged_steps(steps, config.train.log_every, config.train.log_geometric)
-    if sharpness_every is not None:
-        to_log |= set(range(0, steps + 1, sharpness_every))
+    to_log = logged_steps(config.train)
     bar = tqdm(
         total=steps,
         initial=start,

@@ -312,9 +312,7 @@ def train_batched(
         final_weights[run] = weight[run].clone()
         weight[run], buffer[run], gradients[run] = 0, 0, 0  # W = 0 has ∇L = 0: the run stays put
 
-    to_log = logged_steps(steps, first.train.log_every, first.train.log_geometric)
-    if sharpness_every is not None:
-        to_log |= set(range(0, steps + 1, sharpness_every))
+    to_log = logged_steps(first.train)
     bar = tqdm(
         total=steps,
         initial=start,
