@@ -104,6 +104,85 @@ def test_training_is_bit_identical_with_and_without_the_monitor(name):
         assert len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
 
 
+@pytest.mark.parametrize("name", ["torch_sgd", "nesterov"])
+def test_background_rows_equal_the_loops_and_training_stays_bit_identical(name):
+    """The probes in a worker thread on copies of the model: the same table, the same densities, rows
+    reaching the loggers in step order, and training (BN + dropout in train mode, a shuffling loader drawing
+    from the global RNG) bit-identical to an unmonitored run, global RNG state included."""
+
+    class Recorder:
+        def __init__(self):
+            self.steps = []
+
+        def log(self, step, values):
+            self.steps.append(step)
+
+        def close(self):
+            pass
+
+    inputs, labels = _data()
+    results, tables, densities, recorder = [], [], [], Recorder()
+    for background in (None, False, True):
+        torch.manual_seed(123)
+        model = _bn_dropout_model().train()
+        optimizer = OPTIMIZERS[name](model.parameters())
+        loader = DataLoader(TensorDataset(inputs, labels), batch_size=8, shuffle=True)
+        options = {
+            "data": (inputs, labels),
+            "batch_size": 8,
+            "every": 2,
+            "top_k": 2,
+            "trace_probes": 3,
+            "density": True,
+            "density_steps": 5,
+            "metrics": {"accuracy": accuracy},
+            "background": background,
+            "loggers": [recorder] if background else [],
+        }
+        monitor = _train(model, optimizer, loader, 12, None if background is None else options)
+        if monitor is not None:
+            tables.append(monitor.table())
+            densities.append(monitor.spectra())
+            monitor.close()
+        state = [t.clone() for s in optimizer.state.values() for t in s.values()]
+        results.append(
+            [*map(torch.clone, model.parameters()), *model.buffers(), *state, torch.get_rng_state()]
+        )
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
+    pd.testing.assert_frame_equal(densities[0], densities[1], check_exact=True)
+    assert set(tables[1]["name"]) >= {"noise_norm", "top_eigenvalue_2", "hessian_trace", "accuracy"}
+    assert recorder.steps == [2, 4, 6, 8, 10, 12]
+    for unmonitored, monitored in zip(results[0], results[2]):
+        assert torch.equal(unmonitored, monitored)
+
+
+def test_a_background_failure_is_raised_in_the_loop():
+    def broken(outputs, targets):
+        raise ArithmeticError("metric failed")
+
+    inputs, labels = _data()
+    model = _mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = Monitor(
+        model,
+        F.cross_entropy,
+        optimizer,
+        (inputs, labels),
+        batch_size=8,
+        every=1,
+        background=True,
+        metrics={"broken": broken},
+    )
+    optimizer.zero_grad()
+    F.cross_entropy(model(inputs), labels).backward()
+    optimizer.step()
+    monitor.step()
+    with pytest.raises(ArithmeticError, match="metric failed"):
+        monitor.close()
+    optimizer.step()  # closed all the same: the hook is gone
+    assert monitor._optimizer_steps == 1
+
+
 def _reference_gradients(model, inputs, labels) -> torch.Tensor:
     """Per-example gradients by an explicit loop with autograd."""
     rows = []
@@ -319,6 +398,10 @@ def test_misuse_gets_clear_errors():
         Monitor(model, F.cross_entropy, optimizer, inputs, batch_size=8)
     with pytest.raises(ValueError, match="mode='train' with noise=True"):
         Monitor(_bn_dropout_model(), F.cross_entropy, optimizer, (inputs, labels), batch_size=8, mode="train")
+    with pytest.raises(ValueError, match="background=True with mode='train'"):
+        Monitor(
+            model, F.cross_entropy, optimizer, (inputs, labels), batch_size=8, mode="train", background=True
+        )
     with pytest.raises(ValueError, match="mode='test'"):
         Monitor(model, F.cross_entropy, optimizer, (inputs, labels), batch_size=8, mode="test")
 

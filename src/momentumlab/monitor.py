@@ -15,6 +15,14 @@ the buffer m_{t−1} before the step. It draws no random numbers from the global
 gradient, buffer or training flag of the model (every probe runs in `mode` and restores what it touches,
 :mod:`momentumlab.probes.model_state`), so training with and without it gives bit-identical parameters.
 
+With ``background=True`` the probes run in a worker thread on a copy of the model taken at the measured
+step, while training goes on: the cost of a measurement moves to a core the training loop leaves idle
+(a small model trains no faster on two threads than on one). Rows then reach :meth:`table` and the
+loggers when they are done, in step order; at most two measurements are outstanding (the loop waits for
+the older one), and :meth:`table`, :meth:`save` and :meth:`close` wait for all. It needs ``mode="eval"``
+(eval-mode probes do not touch the global RNG the loop draws from) and pays off only with a spare core:
+with torch's intra-op threads on every core the two compete (set ``torch.set_num_threads``).
+
 At step t (t optimizer steps taken, measured when t is a multiple of `every`), one row holds:
 
 - at the point x_t where the step started: ``grad_norm`` ‖g_t‖; with ``noise``, the full gradient ∇f(x_t)
@@ -39,8 +47,11 @@ At step t (t optimizer steps taken, measured when t is a multiple of `every`), o
 
 from __future__ import annotations
 
+import copy
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +105,8 @@ class Monitor:
     curvature and the noise are measured on (fixed random subsets drawn at construction; None: all).
     `metrics` maps names to (outputs, targets) ↦ batch means, e.g.
     ``{"accuracy": accuracy}``. `loggers` receive every row (:class:`~momentumlab.loggers.MetricLogger`);
-    the monitor also keeps them in a table (:meth:`table`, :meth:`save`).
+    the monitor also keeps them in a table (:meth:`table`, :meth:`save`). `background` runs the probes in
+    a worker thread beside training (module docstring).
     """
 
     def __init__(
@@ -121,10 +133,16 @@ class Monitor:
         chunk_size: int | None = None,
         loggers: Sequence[MetricLogger] = (),
         seed: int = 0,
+        background: bool = False,
     ):
         check_mode(mode)
         if every < 1:
             raise ValueError(f"every={every}: must be a positive number of steps")
+        if background and mode != "eval":
+            raise ValueError(
+                f"background=True with mode={mode!r}: train-mode probes draw dropout masks from the global "
+                "RNG the training loop draws from; use mode='eval'"
+            )
         if top_k < 0 or trace_probes < 0 or trace_probes == 1:
             raise ValueError(f"top_k={top_k}, trace_probes={trace_probes}: top_k ≥ 0, trace_probes 0 or ≥ 2")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
@@ -167,36 +185,53 @@ class Monitor:
             subset = torch.randperm(count, generator=self.generator, device=device)[:noise_examples]
             self.noise_inputs, self.noise_targets = self.inputs[subset], self.targets[subset]
         self.dim = sum(parameter.numel() for parameter in model.parameters())
-        self.densities: dict[int, SpectralDensity] = {}
+        self._densities: dict[int, SpectralDensity] = {}
         self._table = TableLogger()
         self._steps = self._optimizer_steps = 0
         self._start: _StepStart | None = None
         self._top_vector: torch.Tensor | None = None
         self._gradient_bound = 0.0
+        self._worker = ThreadPoolExecutor(1, "momentumlab-monitor") if background else None
+        self._pending: deque[tuple[int, dict[str, float], Future]] = deque()  # (step, row so far, probes)
         self._hook = optimizer.register_step_pre_hook(self._before_step)
 
     # the training loop's side
 
     def step(self, loss: torch.Tensor | float | None = None) -> dict[str, float] | None:
-        """Call once after each ``optimizer.step()``; returns the row measured at this step, if any."""
+        """Call once after each ``optimizer.step()``; returns the row measured at this step, if any (None in
+        the background, where rows reach the table when done)."""
         self._steps += 1
         if self._steps != self._optimizer_steps:
             raise RuntimeError(
                 f"monitor.step() call {self._steps} after {self._optimizer_steps} optimizer steps: "
                 "call it once after each optimizer.step()"
             )
+        self._collect(wait=False)
         if self._steps % self.every:
             return None
-        with torch.random.fork_rng(devices=_cuda_devices(self.model)):
-            row = self._measure(loss)
-        self._table.log(self._steps, row)
-        for logger in self.loggers:
-            logger.log(self._steps, row)
-        return row
+        start, self._start = self._start, None
+        if self._worker is None:
+            with torch.random.fork_rng(devices=_cuda_devices(self.model)):
+                row = {**self._step_quantities(start, loss), **self._probes(self._steps, start, self.model)}
+            self._record(self._steps, row)
+            return row
+        if len(self._pending) == 2:
+            self._collect(wait=True, keep=1)
+        row = self._step_quantities(start, loss)
+        job = self._worker.submit(self._probes, self._steps, start, copy.deepcopy(self.model))
+        self._pending.append((self._steps, row, job))
+        return None
 
     def table(self) -> pd.DataFrame:
         """Every measured value: columns step, name, value."""
+        self._collect(wait=True)
         return self._table.frame()
+
+    @property
+    def densities(self) -> dict[int, SpectralDensity]:
+        """The SLQ spectral density of each measured step (with ``density=True``)."""
+        self._collect(wait=True)
+        return self._densities
 
     def spectra(self) -> pd.DataFrame:
         """The SLQ quadratures behind :attr:`densities`: columns step, probe, node, weight."""
@@ -214,16 +249,32 @@ class Monitor:
         atomic.atomic_write(Path(path), lambda stream: frame.to_parquet(stream, index=False))
 
     def close(self) -> None:
-        """Remove the optimizer hook and close the loggers."""
-        self._hook.remove()
-        for logger in self.loggers:
-            logger.close()
+        """Wait for the background measurements, remove the optimizer hook and close the loggers."""
+        try:
+            self._collect(wait=True)
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown(cancel_futures=True)
+            self._hook.remove()
+            for logger in self.loggers:
+                logger.close()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    def _collect(self, wait: bool, keep: int = 0) -> None:
+        """Record the background rows that are done, in step order; with `wait`, all but the last `keep`."""
+        while self._pending and (self._pending[0][2].done() or (wait and len(self._pending) > keep)):
+            step, row, job = self._pending.popleft()
+            self._record(step, {**row, **job.result()})
+
+    def _record(self, step: int, row: dict[str, float]) -> None:
+        self._table.log(step, row)
+        for logger in self.loggers:
+            logger.log(step, row)
 
     # measurements
 
@@ -242,8 +293,8 @@ class Monitor:
             uniform_rule=_uniform(rules),
         )
 
-    def _measure(self, loss) -> dict[str, float]:
-        start, self._start = self._start, None
+    def _step_quantities(self, start: _StepStart, loss) -> dict[str, float]:
+        """What the step itself shows (cheap, measured in the loop): the loss passed, ‖g_t‖, the buffer."""
         parameters = list(self.model.parameters())
         row: dict[str, float] = {}
         if loss is not None:
@@ -253,10 +304,13 @@ class Monitor:
         )
         row["grad_norm"] = gradient.norm().item()
         row.update(self._momentum_quantities(start, parameters, gradient))
-        if self.noise:
-            row.update(self._noise(start))
-        row.update(self._at_current_point())
         return row
+
+    def _probes(self, step: int, start: _StepStart, model: nn.Module) -> dict[str, float]:
+        """The probes of `step` (noise at x_t; loss, metrics and curvature at x_{t+1}) on `model`, the
+        monitored model or its copy at x_{t+1}."""
+        row = self._noise(start, model) if self.noise else {}
+        return {**row, **self._at_current_point(step, model)}
 
     def _momentum_quantities(self, start: _StepStart, parameters, gradient) -> dict[str, float]:
         row = {}
@@ -275,9 +329,9 @@ class Monitor:
         row["update_grad_ratio"] = update.norm().item() / scaled_gradient.norm().item()  # ‖Δx‖ / ‖ηg‖
         return row
 
-    def _noise(self, start: _StepStart) -> dict[str, float]:
+    def _noise(self, start: _StepStart, model: nn.Module) -> dict[str, float]:
         """ω_t = d_t − ∇f(x_t) of the rule in use, with C²(x_t), K and δ."""
-        loss, _ = flat_model_loss(self.model, self.loss_fn, self.mode)
+        loss, _ = flat_model_loss(model, self.loss_fn, self.mode)
         point = _flat(start.point)
         statistics = gradient_statistics(  # over the fixed subset S (all of data when noise_examples=None)
             loss, point, self.noise_inputs, self.noise_targets, self.chunk_size or 256, len(self.inputs)
@@ -319,14 +373,13 @@ class Monitor:
             )
         return row
 
-    def _at_current_point(self) -> dict[str, float]:
-        row = self._loss_and_metrics()
-        parameters = list(self.model.parameters())
-        row["param_norm"] = _flat(p.detach() for p in parameters).norm().item()
+    def _at_current_point(self, step: int, model: nn.Module) -> dict[str, float]:
+        row = self._loss_and_metrics(model)
+        row["param_norm"] = _flat(p.detach() for p in model.parameters()).norm().item()
         if not (self.top_k or self.trace_probes or self.density):
             return row
         hvp = model_hvp(
-            self.model, self.loss_fn, self.hessian_inputs, self.hessian_targets, self.chunk_size, self.mode
+            model, self.loss_fn, self.hessian_inputs, self.hessian_targets, self.chunk_size, self.mode
         )
         if self.top_k:
             result = top_eigenvalues(
@@ -348,20 +401,20 @@ class Monitor:
             row["hessian_trace"], row["hessian_trace_error"] = trace.trace, trace.standard_error
         if self.density:
             density = spectral_density(hvp, self.dim, self.density_probes, self.density_steps, self.generator)
-            self.densities[self._steps] = density
+            self._densities[step] = density
             row["density_moment_1"], row["density_moment_2"] = density.moment(1), density.moment(2)
         return row
 
     @torch.no_grad()
-    def _loss_and_metrics(self) -> dict[str, float]:
+    def _loss_and_metrics(self, model: nn.Module) -> dict[str, float]:
         """The mean loss and metrics over `data` at the current parameters, in `mode`, chunk by chunk."""
         totals = dict.fromkeys(["probe_loss", *self.metrics], 0.0)
         count = len(self.inputs)
         size = self.chunk_size or count
         for begin in range(0, count, size):
             inputs, targets = self.inputs[begin : begin + size], self.targets[begin : begin + size]
-            with probe_mode(self.model, self.mode):
-                outputs = functional_call(self.model, probe_buffers(self.model, self.mode), (inputs,))
+            with probe_mode(model, self.mode):
+                outputs = functional_call(model, probe_buffers(model, self.mode), (inputs,))
             weight = len(inputs) / count  # the chunk's share of the mean
             totals["probe_loss"] += float(self.loss_fn(outputs, targets)) * weight
             for name, metric in self.metrics.items():

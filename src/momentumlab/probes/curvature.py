@@ -69,13 +69,15 @@ def model_hvp(
     parameters = [parameter.detach() for parameter in model.parameters()]
     point = torch.cat([parameter.reshape(-1) for parameter in parameters])
     sizes = [parameter.numel() for parameter in parameters]
-    with torch.random.fork_rng(devices=[]):
-        seed = int(torch.randint(2**62, ()))  # the chunks' mask seeds; the global RNG is left as it was
+    seed = None  # the chunks' dropout-mask seeds (train mode); the global RNG is left as it was
+    if mode == "train":
+        with torch.random.fork_rng(devices=[]):
+            seed = int(torch.randint(2**62, ()))
 
     def chunk_loss(chunk: slice) -> Callable[[torch.Tensor], torch.Tensor]:
         def loss(flat: torch.Tensor) -> torch.Tensor:
             views = {name: view.view_as(p) for name, view, p in zip(names, flat.split(sizes), parameters)}
-            with probe_mode(model, mode, seed=seed + (chunk.start or 0)):
+            with probe_mode(model, mode, seed=None if seed is None else seed + (chunk.start or 0)):
                 outputs = functional_call(model, {**views, **probe_buffers(model, mode)}, (inputs[chunk],))
             return loss_fn(outputs, targets[chunk])
 

@@ -2,9 +2,11 @@
 
 A probe's forward pass runs with every module in the probe's `mode` ("eval" by default, as PyHessian:
 BatchNorm uses its running statistics, dropout is off; "train": batch statistics and random dropout masks).
-Afterwards each module's own training flag and the global random state (CPU, and the CUDA devices the
-model lives on) are what they were before, and in train mode BatchNorm writes its running statistics into
-copies (:func:`probe_buffers`), so the model's buffers are bit-identical before and after a probe.
+Afterwards each module's own training flag is what it was before, and in train mode BatchNorm writes its
+running statistics into copies (:func:`probe_buffers`), so the model's buffers are bit-identical before and
+after a probe. In train mode the global random state (CPU, and the CUDA devices the model lives on) is
+restored too; in eval mode it is not touched at all (no module draws there), so a probe can run in a
+thread beside training that draws from it.
 """
 
 from __future__ import annotations
@@ -27,16 +29,18 @@ def check_mode(mode: str) -> None:
 
 @contextmanager
 def probe_mode(model: nn.Module, mode: Mode, seed: int | None = None) -> Iterator[None]:
-    """Every module of `model` in `mode` inside the block; training flags and global RNG state restored after.
+    """Every module of `model` in `mode` inside the block; training flags (and in train mode the global RNG
+    state) restored after.
 
-    With `seed`, random draws inside the block (dropout masks) start from it, so repeated forward passes
-    of the same chunk see the same masks and a Hessian-vector product stays one symmetric operator.
+    With `seed`, random draws inside the block in train mode (dropout masks) start from it, so repeated
+    forward passes of the same chunk see the same masks and a Hessian-vector product stays one symmetric
+    operator.
     """
     check_mode(mode)
     flags = [(module, module.training) for module in model.modules()]
     devices = sorted({tensor.device.index or 0 for tensor in model.parameters() if tensor.is_cuda})
-    with torch.random.fork_rng(devices=devices):
-        if seed is not None:
+    with torch.random.fork_rng(devices=devices, enabled=mode == "train"):
+        if seed is not None and mode == "train":
             torch.manual_seed(seed)
         model.train(mode == "train")
         try:
