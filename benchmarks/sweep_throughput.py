@@ -17,7 +17,10 @@ batch and its SGD minibatch), R runs (GD+M; learning rates × 4 seeds) through `
 Its step is batched products (`bmm`) and elementwise work on their outputs; the bound is the step's
 products replayed alone (FLOPs = 2·batch·M·K·N each, recorded from one epoch of the engine), and the
 step's achieved GFLOP/s is printed as a fraction of the `bmm` throughput at those shapes (target ≥ 60%).
-Beside it, end to end: `train_student` one after another (target ≥ 10×).
+Beside it, per step and end to end: `train_student` one after another (target ≥ 10×), and the ceiling on
+that speed-up, R × one run's `train_student` step ÷ the batched step's products alone: a batched step
+cannot be faster than its products, so where one run already computes near the `bmm` throughput (the full
+batch students), batching cannot give 10×.
 
 Per-step times are differences between two run lengths, so setup cancels; the speed-ups are end to end
 (drawing data, building models, the first and last logged rows), since that is what a sweep costs;
@@ -204,8 +207,10 @@ def students_suite(runs: int, epochs: int) -> None:
                 f"at {alone / step:5.1%} of bmm throughput"
             )
             print(
-                f"  {'':36s} per step: train_student() {1e3 * one_step:6.3f} ms per run, × {runs} runs: "
-                f"{runs * one_step / step:.2f}x the batched step"
+                f"  {'':36s} per step: train_student() {1e3 * one_step:6.3f} ms per run "
+                f"({flops / runs / one_step / 1e9:4.1f} GFLOP/s), × {runs} runs: {runs * one_step / step:.2f}x "
+                f"the batched step; the most batching allows (the step at its bmm alone): "
+                f"{runs * one_step / alone:.2f}x"
             )
             print(
                 f"  {'':36s} end to end: batched {batched:6.2f} s, train_student() one after another "
