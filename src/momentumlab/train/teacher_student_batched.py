@@ -199,9 +199,8 @@ class _Chunk:
             epoch, position = divmod(step, n // batch_size)
             if epoch != self.epoch:  # minibatch_indices(seed, e, n, n) is the whole permutation of epoch e
                 permutations = [minibatch_indices(run.config.seed, epoch, n, n) for run in self.runs]
-                offsets = (
-                    n * torch.arange(len(self.runs))[:, None]
-                )  # run r's examples are rows r·n … r·n + n − 1
+                # run r's examples are rows r·n … r·n + n − 1 of the runs' stacked data
+                offsets = n * torch.arange(len(self.runs))[:, None]
                 self.epoch, self.permutations = epoch, (torch.stack(permutations) + offsets).to(labels.device)
             rows = self.permutations[:, position * batch_size : (position + 1) * batch_size].flatten()
             runs, dim = len(self.runs), self.inputs.shape[2]
