@@ -265,29 +265,17 @@ def density_comparison(inputs, labels, args) -> None:
         "   relative standard error of the probes themselves: "
         + " ".join(f"k={k}: {v:.2e}" for k, v in sampling.items())
     )
+
+    def slq(steps: int) -> SpectralDensity:
+        """momentumlab's SLQ with `steps` Lanczos steps, the HVP's graph built inside the timing."""
+        hvp = model_hvp(model, F.cross_entropy, inputs, labels)
+        return spectral_density(hvp, dim, args.probes, steps, torch.Generator().manual_seed(5))
+
     timings = {}
     for name, run in [
         ("pyhessian_100", lambda: pyhessian_density(model, inputs, labels, vectors, 100)),
-        (
-            "slq_30",
-            lambda: spectral_density(
-                model_hvp(model, F.cross_entropy, inputs, labels),
-                dim,
-                args.probes,
-                30,
-                torch.Generator().manual_seed(5),
-            ),
-        ),
-        (
-            "slq_100",
-            lambda: spectral_density(
-                model_hvp(model, F.cross_entropy, inputs, labels),
-                dim,
-                args.probes,
-                100,
-                torch.Generator().manual_seed(5),
-            ),
-        ),
+        ("slq_30", lambda: slq(30)),
+        ("slq_100", lambda: slq(100)),
     ]:
         started = time.perf_counter()
         result = run()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from itertools import islice, pairwise
+from itertools import count, islice, pairwise
 
 import pytest
 import torch
@@ -29,18 +29,14 @@ def _problem(*eigenvalues: float) -> StreamingPCA:
     return StreamingPCA(torch.tensor(eigenvalues or (1.0, 0.6, 0.3, 0.1), dtype=torch.float64))
 
 
-def test_batched_msgd_equals_a_per_run_loop():
-    """Every run of the batched iteration is θ_{k+1} = Π(θ_k + η x_k x_kᵀθ_k + μ(θ_k − θ_{k−1})) in plain
-    Python arithmetic, with the same draws."""
-    problem, runs, steps, lr, momentum = _problem(), 3, 30, 0.05, 0.7
-    start = torch.randn(runs, problem.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    batched = torch.stack(
-        list(islice(msgd(problem, start, lr, momentum, torch.Generator().manual_seed(2)), steps))
-    )
-    generator = torch.Generator().manual_seed(2)
+def _reference_msgd(problem, start, schedule, generator):
+    """θ_{k+1} = Π(θ_k + η_k x_k x_kᵀθ_k + μ_k(θ_k − θ_{k−1})) per run in plain Python arithmetic, with
+    (η_k, μ_k) = schedule(k) and the same draws as the batched iteration; yields every run's θ_{k+1}."""
+    runs = len(start)
     current = [[v / math.sqrt(sum(c * c for c in row)) for v in row] for row in start.tolist()]
     previous = [row[:] for row in current]
-    for k in range(steps):
+    for k in count():
+        lr, momentum = schedule(k)
         x = problem.sample(runs, generator).tolist()
         for r in range(runs):
             projection = sum(a * b for a, b in zip(x[r], current[r]))  # xᵀθ
@@ -50,7 +46,20 @@ def test_batched_msgd_equals_a_per_run_loop():
             ]
             norm = math.sqrt(sum(v * v for v in step))
             previous[r], current[r] = current[r], [v / norm for v in step]
-        torch.testing.assert_close(batched[k], torch.tensor(current, dtype=torch.float64), **TIGHT)
+        yield torch.tensor(current, dtype=torch.float64)
+
+
+def test_batched_msgd_equals_a_per_run_loop():
+    """Every run of the batched iteration is θ_{k+1} = Π(θ_k + η x_k x_kᵀθ_k + μ(θ_k − θ_{k−1})) in plain
+    Python arithmetic, with the same draws."""
+    problem, runs, steps, lr, momentum = _problem(), 3, 30, 0.05, 0.7
+    start = torch.randn(runs, problem.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    batched = torch.stack(
+        list(islice(msgd(problem, start, lr, momentum, torch.Generator().manual_seed(2)), steps))
+    )
+    reference = _reference_msgd(problem, start, lambda k: (lr, momentum), torch.Generator().manual_seed(2))
+    for k, iterate in zip(range(steps), reference):
+        torch.testing.assert_close(batched[k], iterate, **TIGHT)
 
 
 def test_scheduled_msgd_equals_a_per_run_loop_through_the_anneal():
@@ -62,21 +71,9 @@ def test_scheduled_msgd_equals_a_per_run_loop_through_the_anneal():
     batched = torch.stack(
         list(islice(scheduled_msgd(problem, start, schedule, torch.Generator().manual_seed(4)), steps))
     )
-    generator = torch.Generator().manual_seed(4)
-    current = [[v / math.sqrt(sum(c * c for c in row)) for v in row] for row in start.tolist()]
-    previous = [row[:] for row in current]
-    for k in range(steps):
-        lr, momentum = schedule(k)
-        x = problem.sample(runs, generator).tolist()
-        for r in range(runs):
-            projection = sum(a * b for a, b in zip(x[r], current[r]))  # xᵀθ
-            step = [
-                c + lr * xi * projection + momentum * (c - p)
-                for c, xi, p in zip(current[r], x[r], previous[r])
-            ]
-            norm = math.sqrt(sum(v * v for v in step))
-            previous[r], current[r] = current[r], [v / norm for v in step]
-        torch.testing.assert_close(batched[k], torch.tensor(current, dtype=torch.float64), **TIGHT)
+    reference = _reference_msgd(problem, start, schedule, torch.Generator().manual_seed(4))
+    for k, iterate in zip(range(steps), reference):
+        torch.testing.assert_close(batched[k], iterate, **TIGHT)
 
 
 def test_gradient_noise_has_the_covariance_of_the_stochastic_gradient():
