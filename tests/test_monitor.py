@@ -106,9 +106,10 @@ def test_training_is_bit_identical_with_and_without_the_monitor(name):
 
 @pytest.mark.parametrize("name", ["torch_sgd", "nesterov"])
 def test_background_rows_equal_the_loops_and_training_stays_bit_identical(name):
-    """The probes in a worker thread on copies of the model: the same table, the same densities, rows
-    reaching the loggers in step order, and training (BN + dropout in train mode, a shuffling loader drawing
-    from the global RNG) bit-identical to an unmonitored run, global RNG state included."""
+    """The probes in a worker thread on copies of the model, and in a worker process on its state: the same
+    table, the same densities, rows reaching the loggers in step order, and training (BN + dropout in train
+    mode, a shuffling loader drawing from the global RNG) bit-identical to an unmonitored run, global RNG
+    state included."""
 
     class Recorder:
         def __init__(self):
@@ -121,12 +122,13 @@ def test_background_rows_equal_the_loops_and_training_stays_bit_identical(name):
             pass
 
     inputs, labels = _data()
-    results, tables, densities, recorder = [], [], [], Recorder()
-    for background in (None, False, True):
+    results, tables, densities, recorders = [], [], [], []
+    for background in (None, False, "thread", "process"):
         torch.manual_seed(123)
         model = _bn_dropout_model().train()
         optimizer = OPTIMIZERS[name](model.parameters())
         loader = DataLoader(TensorDataset(inputs, labels), batch_size=8, shuffle=True)
+        recorders.append(Recorder())
         options = {
             "data": (inputs, labels),
             "batch_size": 8,
@@ -137,7 +139,7 @@ def test_background_rows_equal_the_loops_and_training_stays_bit_identical(name):
             "density_steps": 5,
             "metrics": {"accuracy": accuracy},
             "background": background,
-            "loggers": [recorder] if background else [],
+            "loggers": [recorders[-1]],
         }
         monitor = _train(model, optimizer, loader, 12, None if background is None else options)
         if monitor is not None:
@@ -148,18 +150,22 @@ def test_background_rows_equal_the_loops_and_training_stays_bit_identical(name):
         results.append(
             [*map(torch.clone, model.parameters()), *model.buffers(), *state, torch.get_rng_state()]
         )
-    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
-    pd.testing.assert_frame_equal(densities[0], densities[1], check_exact=True)
-    assert set(tables[1]["name"]) >= {"noise_norm", "top_eigenvalue_2", "hessian_trace", "accuracy"}
-    assert recorder.steps == [2, 4, 6, 8, 10, 12]
-    for unmonitored, monitored in zip(results[0], results[2]):
-        assert torch.equal(unmonitored, monitored)
+    for table, spectra in zip(tables[1:], densities[1:]):
+        pd.testing.assert_frame_equal(tables[0], table, check_exact=True)
+        pd.testing.assert_frame_equal(densities[0], spectra, check_exact=True)
+    assert set(tables[0]["name"]) >= {"noise_norm", "top_eigenvalue_2", "hessian_trace", "accuracy"}
+    assert [recorder.steps for recorder in recorders[1:]] == [[2, 4, 6, 8, 10, 12]] * 3
+    for monitored in results[1:]:
+        for unmonitored, value in zip(results[0], monitored):
+            assert torch.equal(unmonitored, value)
 
 
-def test_a_background_failure_is_raised_in_the_loop():
-    def broken(outputs, targets):
-        raise ArithmeticError("metric failed")
+def _broken_metric(outputs, targets):
+    raise ArithmeticError("metric failed")
 
+
+@pytest.mark.parametrize("background", ["thread", "process"])
+def test_a_background_failure_is_raised_in_the_loop(background):
     inputs, labels = _data()
     model = _mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -170,8 +176,8 @@ def test_a_background_failure_is_raised_in_the_loop():
         (inputs, labels),
         batch_size=8,
         every=1,
-        background=True,
-        metrics={"broken": broken},
+        background=background,
+        metrics={"broken": _broken_metric},
     )
     optimizer.zero_grad()
     F.cross_entropy(model(inputs), labels).backward()
@@ -181,6 +187,21 @@ def test_a_background_failure_is_raised_in_the_loop():
         monitor.close()
     optimizer.step()  # closed all the same: the hook is gone
     assert monitor._optimizer_steps == 1
+
+
+def test_a_worker_process_needs_what_it_is_sent_picklable():
+    inputs, labels = _data()
+    model = _mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def local_loss(outputs, targets):
+        return F.cross_entropy(outputs, targets)
+
+    with pytest.raises(ValueError, match="cannot be pickled .*local_loss.*background='thread'"):
+        Monitor(model, local_loss, optimizer, (inputs, labels), batch_size=8, background="process")
+    with pytest.raises(ValueError, match="background='fork': allowed are False, True \\(= 'thread'\\)"):
+        Monitor(model, F.cross_entropy, optimizer, (inputs, labels), batch_size=8, background="fork")
+    Monitor(model, local_loss, optimizer, (inputs, labels), batch_size=8, background="thread").close()
 
 
 def _reference_gradients(model, inputs, labels) -> torch.Tensor:
@@ -310,6 +331,45 @@ def test_noise_and_hessian_on_fixed_subsets_equal_references_on_those_subsets():
     assert torch.equal(everything.noise_inputs, inputs) and len(everything.hessian_inputs) == 48
     monitor.close()
     everything.close()
+
+
+def test_evaluate_false_skips_only_the_pass_over_data():
+    """The same rows as with evaluate=True (bit for bit) less probe_loss and the metrics; metrics without
+    that pass are refused."""
+    inputs, labels = _data()
+    rows = {}
+    for evaluate in (True, False):
+        model = _mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        metrics = {"accuracy": accuracy} if evaluate else None
+        monitor = Monitor(
+            model,
+            F.cross_entropy,
+            optimizer,
+            (inputs, labels),
+            every=1,
+            batch_size=8,
+            metrics=metrics,
+            evaluate=evaluate,
+        )
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(inputs[:8]), labels[:8])
+        loss.backward()
+        optimizer.step()
+        rows[evaluate] = monitor.step(loss)
+        monitor.close()
+    assert rows[True]["probe_loss"] == pytest.approx(F.cross_entropy(model(inputs), labels).item(), rel=1e-12)
+    assert {k: v for k, v in rows[True].items() if k not in {"probe_loss", "accuracy"}} == rows[False]
+    with pytest.raises(ValueError, match=r"evaluate=False with metrics \['accuracy'\]"):
+        Monitor(
+            model,
+            F.cross_entropy,
+            optimizer,
+            (inputs, labels),
+            batch_size=8,
+            metrics={"accuracy": accuracy},
+            evaluate=False,
+        )
 
 
 def test_adam_records_its_first_moment_and_no_noise():

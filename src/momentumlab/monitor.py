@@ -15,13 +15,20 @@ the buffer m_{t−1} before the step. It draws no random numbers from the global
 gradient, buffer or training flag of the model (every probe runs in `mode` and restores what it touches,
 :mod:`momentumlab.probes.model_state`), so training with and without it gives bit-identical parameters.
 
-With ``background=True`` the probes run in a worker thread on a copy of the model taken at the measured
-step, while training goes on: the cost of a measurement moves to a core the training loop leaves idle
-(a small model trains no faster on two threads than on one). Rows then reach :meth:`table` and the
-loggers when they are done, in step order; at most two measurements are outstanding (the loop waits for
-the older one), and :meth:`table`, :meth:`save` and :meth:`close` wait for all. It needs ``mode="eval"``
-(eval-mode probes do not touch the global RNG the loop draws from) and pays off only with a spare core:
-with torch's intra-op threads on every core the two compete (set ``torch.set_num_threads``).
+With ``background="thread"`` (or ``True``) the probes run in a worker thread on a copy of the model, and
+with ``background="process"`` in a worker process on the model's state, taken at the measured step while
+training goes on: the cost of a measurement moves to a core the training loop leaves idle (a small model
+trains no faster on two threads than on one). A thread shares the interpreter's lock with the loop; a
+process shares only the machine, but needs the model, the loss and the metrics picklable and importable
+(module-level definitions, a script's training under ``if __name__ == "__main__":``; not lambdas or
+classes of a notebook) and takes a few seconds to start and warm up, once, at construction. On the digits
+CNN of ``benchmarks/monitor_overhead.py`` (a measurement every 100 steps, 8 paired runs on a 2-core VM)
+they cost 1.19× and 1.14× against 1.77× in the loop, where the plain loop beside a process doing HVPs
+back to back runs 1.11× slower. Rows then reach :meth:`table` and the loggers when they are done, in step
+order; at most two measurements are outstanding (the loop waits for the older one), and :meth:`table`,
+:meth:`save` and :meth:`close` wait for all. Both need ``mode="eval"`` (eval-mode probes do not touch the
+global RNG the loop draws from) and pay off only with a spare core: with torch's intra-op threads on
+every core the worker and the loop compete (set ``torch.set_num_threads``).
 
 At step t (t optimizer steps taken, measured when t is a multiple of `every`), one row holds:
 
@@ -37,7 +44,7 @@ At step t (t optimizer steps taken, measured when t is a multiple of `every`), o
 - the step itself: ``buffer_norm`` ‖m_t‖ and ``buffer_grad_cosine`` cos(m_t, g_t) (Adam: m_t = exp_avg),
   ``effective_step`` η_eff (SGD-type rules only), ``update_grad_ratio`` ‖x_{t+1} − x_t‖ / ‖η g_t‖;
 - at the new point x_{t+1}: ``loss`` (the minibatch loss passed to :meth:`Monitor.step`), ``probe_loss``
-  and each metric over `data`, ``param_norm``, the top-k Hessian eigenvalues (``top_eigenvalue_1`` …,
+  and each metric over `data` (with ``evaluate``, the default), ``param_norm``, the top-k Hessian eigenvalues (``top_eigenvalue_1`` …,
   Lanczos warm-started from the previous top eigenvector, with ``eigen_hvps`` and ``eigen_converged``)
   of the Hessian of the mean loss over a fixed random subset of `hessian_batch` examples (default 256;
   None: all of `data`) — the subset's Hessian, not an estimate of the full set's — the Hutchinson trace
@@ -50,53 +57,40 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
 from momentumlab import atomic
 from momentumlab.loggers import MetricLogger, TableLogger
-from momentumlab.probes.curvature import hutchinson_trace, model_hvp, top_eigenvalues
-from momentumlab.probes.model_state import Mode, check_mode, probe_buffers, probe_mode
-from momentumlab.probes.noise import flat_model_loss, gradient_statistics, smoothing_degree
-from momentumlab.probes.spectral_density import SpectralDensity, spectral_density
+from momentumlab.measurement import (
+    LossFn,
+    Measurement,
+    Metric,
+    StepStart,
+    flat,
+    measure_in_worker,
+    start_worker_process,
+)
+from momentumlab.probes.model_state import Mode, check_mode
+from momentumlab.probes.spectral_density import SpectralDensity
 from momentumlab.probes.update_rules import UpdateRule, update_rules
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> mean over the batch
-# Examples per forward pass of the loss and metrics over `data` (without `chunk_size`): on the digits CNN
-# 8 ms over 1 437 images in chunks of 512 against 26 ms in one pass (the feature maps stay in cache), and
-# the pass's memory is bounded on any device.
-EVALUATION_CHUNK = 512
+Background = Literal["thread", "process"]
+BACKGROUNDS: tuple[Background, ...] = ("thread", "process")
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Fraction of rows whose largest output is the target class."""
     return (outputs.argmax(1) == targets).double().mean()
-
-
-@dataclass
-class _StepStart:
-    """What the pre-hook copies before a measured step: x_t, g_t, m_{t−1} and each parameter's rule."""
-
-    point: list[torch.Tensor]
-    gradients: list[torch.Tensor | None]
-    buffers: list[torch.Tensor | None]
-    rules: list[UpdateRule | None]
-    uniform_rule: UpdateRule | None  # the one rule of every group (hyperparameters at this step), if one
-
-    @property
-    def smoothing_method(self):
-        return self.uniform_rule.smoothing_method if self.uniform_rule is not None else None
 
 
 class Monitor:
@@ -108,12 +102,13 @@ class Monitor:
     size b in δ (default: the DataLoader's). `hessian_batch` and `noise_examples` bound the examples the
     curvature and the noise are measured on (fixed random subsets drawn at construction; None: all).
     `metrics` maps names to (outputs, targets) ↦ batch means, e.g.
-    ``{"accuracy": accuracy}``. `loggers` receive every row (:class:`~momentumlab.loggers.MetricLogger`);
+    ``{"accuracy": accuracy}``; `evaluate=False` skips the pass over all of `data` that gives them and
+    ``probe_loss`` (on the digits CNN 13 ms of a 120 ms measurement). `loggers` receive every row (:class:`~momentumlab.loggers.MetricLogger`);
     the monitor also keeps them in a table (:meth:`table`, :meth:`save`). `chunk_size` bounds the
     examples per forward pass of every probe (without it: the loss and metrics in chunks of
     :data:`EVALUATION_CHUNK`, the Hessian subset in one, per-sample gradients in chunks of 256; in train
-    mode BatchNorm normalizes each chunk by its own statistics). `background` runs the probes in a worker
-    thread beside training (module docstring).
+    mode BatchNorm normalizes each chunk by its own statistics). `background` ("thread" or True, or
+    "process") runs the probes in a worker beside training (module docstring).
     """
 
     def __init__(
@@ -125,6 +120,7 @@ class Monitor:
         *,
         every: int = 100,
         metrics: Mapping[str, Metric] | None = None,
+        evaluate: bool = True,
         mode: Mode = "eval",
         top_k: int = 1,
         eigen_tol: float = 1e-3,
@@ -140,24 +136,28 @@ class Monitor:
         chunk_size: int | None = None,
         loggers: Sequence[MetricLogger] = (),
         seed: int = 0,
-        background: bool = False,
+        background: bool | Background = False,
     ):
         check_mode(mode)
         if every < 1:
             raise ValueError(f"every={every}: must be a positive number of steps")
+        if background not in (False, True, *BACKGROUNDS):
+            raise ValueError(
+                f"background={background!r}: allowed are False, True (= 'thread'), 'thread', 'process'"
+            )
         if background and mode != "eval":
             raise ValueError(
-                f"background=True with mode={mode!r}: train-mode probes draw dropout masks from the global "
-                "RNG the training loop draws from; use mode='eval'"
+                f"background={background!r} with mode={mode!r}: train-mode probes draw dropout masks from the "
+                "global RNG the training loop draws from; use mode='eval'"
+            )
+        if metrics and not evaluate:
+            raise ValueError(
+                f"evaluate=False with metrics {sorted(metrics)}: metrics need the pass over data"
             )
         if top_k < 0 or trace_probes < 0 or trace_probes == 1:
             raise ValueError(f"top_k={top_k}, trace_probes={trace_probes}: top_k ≥ 0, trace_probes 0 or ≥ 2")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.every, self.mode, self.metrics = every, mode, dict(metrics or {})
-        self.top_k, self.eigen_tol, self.eigen_max_iter = top_k, eigen_tol, eigen_max_iter
-        self.trace_probes, self.density, self.noise = trace_probes, density, noise
-        self.density_probes, self.density_steps, self.chunk_size = density_probes, density_steps, chunk_size
-        self.loggers = list(loggers)
+        self.every, self.loggers = every, list(loggers)
         self.rules = update_rules(optimizer)
         if noise and not all(rule.has_direction for rule in self.rules):
             raise ValueError(
@@ -177,7 +177,7 @@ class Monitor:
         if noise and uniform_rule is not None and uniform_rule.smoothing_method and self.batch_size is None:
             raise ValueError("batch_size=None: δ needs the training batch size b; pass batch_size=...")
         device = next(model.parameters()).device
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(seed)
         self.inputs, self.targets = _materialize(data, device)
         count = len(self.inputs)
         for name, size in (("hessian_batch", hessian_batch), ("noise_examples", noise_examples)):
@@ -185,20 +185,29 @@ class Monitor:
                 raise ValueError(
                     f"{name}={size}: must be a number of examples (≥ 1, noise ≥ 2), or None for all {count}"
                 )
-        subset = torch.randperm(count, generator=self.generator, device=device)[: hessian_batch or count]
+        subset = torch.randperm(count, generator=generator, device=device)[: hessian_batch or count]
         self.hessian_inputs, self.hessian_targets = self.inputs[subset], self.targets[subset]
         self.noise_inputs, self.noise_targets = self.inputs, self.targets
         if noise_examples is not None and noise_examples < count:
-            subset = torch.randperm(count, generator=self.generator, device=device)[:noise_examples]
+            subset = torch.randperm(count, generator=generator, device=device)[:noise_examples]
             self.noise_inputs, self.noise_targets = self.inputs[subset], self.targets[subset]
         self.dim = sum(parameter.numel() for parameter in model.parameters())
+        self.measurement = Measurement(
+            loss_fn, dict(metrics or {}), evaluate, mode, top_k, eigen_tol, eigen_max_iter, trace_probes,
+            density, density_probes, density_steps, noise, self.batch_size, chunk_size, self.inputs,
+            self.targets, self.hessian_inputs, self.hessian_targets, self.noise_inputs, self.noise_targets,
+            generator, self.dim,
+        )  # fmt: skip
         self._densities: dict[int, SpectralDensity] = {}
         self._table = TableLogger()
         self._steps = self._optimizer_steps = 0
-        self._start: _StepStart | None = None
-        self._top_vector: torch.Tensor | None = None
-        self._gradient_bound = 0.0
-        self._worker = ThreadPoolExecutor(1, "momentumlab-monitor") if background else None
+        self._start: StepStart | None = None
+        self.background: Background | None = "thread" if background is True else background or None
+        self._worker: Executor | None = None
+        if self.background == "thread":
+            self._worker = ThreadPoolExecutor(1, "momentumlab-monitor")
+        elif self.background == "process":
+            self._worker = start_worker_process(self.measurement, model, self._step_start(optimizer))
         self._pending: deque[tuple[int, dict[str, float], Future]] = deque()  # (step, row so far, probes)
         self._hook = optimizer.register_step_pre_hook(self._before_step)
 
@@ -219,13 +228,16 @@ class Monitor:
         start, self._start = self._start, None
         if self._worker is None:
             with torch.random.fork_rng(devices=_cuda_devices(self.model)):
-                row = {**self._step_quantities(start, loss), **self._probes(self._steps, start, self.model)}
-            self._record(self._steps, row)
-            return row
+                row = self._step_quantities(start, loss)
+                return self._record(self._steps, row, *self.measurement(self._steps, start, self.model))
         if len(self._pending) == 2:
             self._collect(wait=True, keep=1)
         row = self._step_quantities(start, loss)
-        job = self._worker.submit(self._probes, self._steps, start, copy.deepcopy(self.model))
+        if self.background == "thread":
+            job = self._worker.submit(self.measurement, self._steps, start, copy.deepcopy(self.model))
+        else:  # the state as it is now: the task is pickled later, in the pool's feeder thread
+            state = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+            job = self._worker.submit(measure_in_worker, self._steps, start, state)
         self._pending.append((self._steps, row, job))
         return None
 
@@ -260,8 +272,8 @@ class Monitor:
         try:
             self._collect(wait=True)
         finally:
-            if self._worker is not None:
-                self._worker.shutdown(cancel_futures=True)
+            if self._worker is not None:  # every result is in: no need to wait for a process to exit
+                self._worker.shutdown(wait=False, cancel_futures=True)
             self._hook.remove()
             for logger in self.loggers:
                 logger.close()
@@ -276,23 +288,34 @@ class Monitor:
         """Record the background rows that are done, in step order; with `wait`, all but the last `keep`."""
         while self._pending and (self._pending[0][2].done() or (wait and len(self._pending) > keep)):
             step, row, job = self._pending.popleft()
-            self._record(step, {**row, **job.result()})
+            self._record(step, row, *job.result())
 
-    def _record(self, step: int, row: dict[str, float]) -> None:
+    def _record(
+        self, step: int, row: dict[str, float], probes: dict[str, float], density: SpectralDensity | None
+    ) -> dict[str, float]:
+        """The step's quantities and its probes' as one row, recorded and returned; the density kept."""
+        row = {**row, **probes}
+        if density is not None:
+            self._densities[step] = density
         self._table.log(step, row)
         for logger in self.loggers:
             logger.log(step, row)
+        return row
 
     # measurements
 
     def _before_step(self, optimizer: Optimizer, args, kwargs) -> None:
         self._optimizer_steps += 1
-        if self._optimizer_steps % self.every:
-            return
-        rules = update_rules(optimizer)  # read at every measured step: a scheduler may have changed η
+        if self._optimizer_steps % self.every == 0:
+            self._start = self._step_start(optimizer)
+
+    def _step_start(self, optimizer: Optimizer) -> StepStart:
+        """Copies of x_t, g_t and m_{t−1}, and the rules as the optimizer holds them now (a scheduler may
+        have changed η)."""
+        rules = update_rules(optimizer)
         rule_of = {id(p): rule for rule, group in zip(rules, optimizer.param_groups) for p in group["params"]}
         parameters = list(self.model.parameters())
-        self._start = _StepStart(
+        return StepStart(
             point=[parameter.detach().clone() for parameter in parameters],
             gradients=[None if p.grad is None else p.grad.detach().clone() for p in parameters],
             buffers=[_buffer(optimizer, p, rule_of.get(id(p))) for p in parameters],
@@ -300,133 +323,35 @@ class Monitor:
             uniform_rule=_uniform(rules),
         )
 
-    def _step_quantities(self, start: _StepStart, loss) -> dict[str, float]:
+    def _step_quantities(self, start: StepStart, loss) -> dict[str, float]:
         """What the step itself shows (cheap, measured in the loop): the loss passed, ‖g_t‖, the buffer."""
         parameters = list(self.model.parameters())
         row: dict[str, float] = {}
         if loss is not None:
             row["loss"] = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        gradient = _flat(
+        gradient = flat(
             g if g is not None else torch.zeros_like(p) for g, p in zip(start.gradients, parameters)
         )
         row["grad_norm"] = gradient.norm().item()
         row.update(self._momentum_quantities(start, parameters, gradient))
         return row
 
-    def _probes(self, step: int, start: _StepStart, model: nn.Module) -> dict[str, float]:
-        """The probes of `step` (noise at x_t; loss, metrics and curvature at x_{t+1}) on `model`, the
-        monitored model or its copy at x_{t+1}."""
-        row = self._noise(start, model) if self.noise else {}
-        return {**row, **self._at_current_point(step, model)}
-
-    def _momentum_quantities(self, start: _StepStart, parameters, gradient) -> dict[str, float]:
+    def _momentum_quantities(self, start: StepStart, parameters, gradient) -> dict[str, float]:
         row = {}
         if any(rule is not None and rule.buffer_key for rule in start.rules):
             buffers = (_buffer(self.optimizer, p, rule) for p, rule in zip(parameters, start.rules))
-            buffer = _flat(b if b is not None else torch.zeros_like(p) for b, p in zip(buffers, parameters))
+            buffer = flat(b if b is not None else torch.zeros_like(p) for b, p in zip(buffers, parameters))
             row["buffer_norm"] = buffer.norm().item()
             row["buffer_grad_cosine"] = _cosine(buffer, gradient)
         if start.uniform_rule is not None and start.uniform_rule.effective_step is not None:
             row["effective_step"] = start.uniform_rule.effective_step  # η(1−τ)/(1−β)
-        update = _flat(before - after.detach() for before, after in zip(start.point, parameters))
-        scaled_gradient = _flat(
+        update = flat(before - after.detach() for before, after in zip(start.point, parameters))
+        scaled_gradient = flat(
             (rule.lr if rule is not None else 0.0) * (g if g is not None else torch.zeros_like(p))
             for rule, g, p in zip(start.rules, start.gradients, parameters)
         )
         row["update_grad_ratio"] = update.norm().item() / scaled_gradient.norm().item()  # ‖Δx‖ / ‖ηg‖
         return row
-
-    def _noise(self, start: _StepStart, model: nn.Module) -> dict[str, float]:
-        """ω_t = d_t − ∇f(x_t) of the rule in use, with C²(x_t), K and δ."""
-        loss, _ = flat_model_loss(model, self.loss_fn, self.mode)
-        point = _flat(start.point)
-        statistics = gradient_statistics(  # over the fixed subset S (all of data when noise_examples=None)
-            loss, point, self.noise_inputs, self.noise_targets, self.chunk_size or 256, len(self.inputs)
-        )
-        full_gradients = statistics.full_gradient.split([p.numel() for p in start.point])
-        directions, rule_gradients, learning_rates = [], [], []
-        for rule, x, g, m, full in zip(
-            start.rules, start.point, start.gradients, start.buffers, full_gradients
-        ):
-            full = full.view_as(x)
-            if rule is None or g is None:  # a parameter the optimizer does not move: d = 0
-                directions.append(torch.zeros_like(x))
-                rule_gradients.append(full)
-                learning_rates.append(torch.zeros_like(x))
-                continue
-            directions.append(rule.direction(g, m, x)[0])  # d_t
-            rule_gradients.append(rule.gradient(full, x))  # ∇f(x_t) as the rule sees it: ±(∇f + λx)
-            learning_rates.append(torch.full_like(x, rule.lr))
-        full_gradient = _flat(rule_gradients)
-        noise = _flat(directions) - full_gradient  # ω_t = d_t − ∇f(x_t)
-        full_norm = full_gradient.norm().item()
-        self._gradient_bound = max(self._gradient_bound, full_norm)  # K: max of ‖∇f‖ so far
-        row = {
-            "full_grad_norm": full_norm,
-            "noise_norm": noise.norm().item(),
-            "step_noise": (_flat(learning_rates) * noise).norm().item(),  # ‖η ω_t‖
-            "gradient_variance": statistics.variance,  # C²(x_t)
-            "gradient_bound": self._gradient_bound,
-        }
-        if start.smoothing_method is not None:
-            rule = start.uniform_rule
-            row["smoothing_delta"] = smoothing_degree(
-                start.smoothing_method,
-                rule.lr,
-                self.batch_size,
-                rule.momentum,
-                statistics.variance,
-                self._gradient_bound,
-            )
-        return row
-
-    def _at_current_point(self, step: int, model: nn.Module) -> dict[str, float]:
-        row = self._loss_and_metrics(model)
-        row["param_norm"] = _flat(p.detach() for p in model.parameters()).norm().item()
-        if not (self.top_k or self.trace_probes or self.density):
-            return row
-        hvp = model_hvp(
-            model, self.loss_fn, self.hessian_inputs, self.hessian_targets, self.chunk_size, self.mode
-        )
-        if self.top_k:
-            result = top_eigenvalues(
-                hvp,
-                self.dim,
-                k=self.top_k,
-                tol=self.eigen_tol,
-                max_iter=self.eigen_max_iter,
-                generator=self.generator,
-                start=self._top_vector,
-            )
-            self._top_vector = result.eigenvectors[0]
-            row.update(
-                {f"top_eigenvalue_{i + 1}": value.item() for i, value in enumerate(result.eigenvalues)}
-            )
-            row["eigen_hvps"], row["eigen_converged"] = result.hvp_count, float(result.converged)
-        if self.trace_probes:
-            trace = hutchinson_trace(hvp, self.dim, self.trace_probes, self.generator)
-            row["hessian_trace"], row["hessian_trace_error"] = trace.trace, trace.standard_error
-        if self.density:
-            density = spectral_density(hvp, self.dim, self.density_probes, self.density_steps, self.generator)
-            self._densities[step] = density
-            row["density_moment_1"], row["density_moment_2"] = density.moment(1), density.moment(2)
-        return row
-
-    @torch.no_grad()
-    def _loss_and_metrics(self, model: nn.Module) -> dict[str, float]:
-        """The mean loss and metrics over `data` at the current parameters, in `mode`, chunk by chunk."""
-        totals = dict.fromkeys(["probe_loss", *self.metrics], 0.0)
-        count = len(self.inputs)
-        size = self.chunk_size or EVALUATION_CHUNK
-        for begin in range(0, count, size):
-            inputs, targets = self.inputs[begin : begin + size], self.targets[begin : begin + size]
-            with probe_mode(model, self.mode):
-                outputs = functional_call(model, probe_buffers(model, self.mode), (inputs,))
-            weight = len(inputs) / count  # the chunk's share of the mean
-            totals["probe_loss"] += float(self.loss_fn(outputs, targets)) * weight
-            for name, metric in self.metrics.items():
-                totals[name] += float(metric(outputs, targets)) * weight
-        return totals
 
 
 def _materialize(data, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -453,10 +378,6 @@ def _buffer(optimizer: Optimizer, parameter: torch.Tensor, rule: UpdateRule | No
     state = optimizer.state.get(parameter, {})
     value = state.get(rule.buffer_key) if rule is not None and rule.buffer_key else None
     return None if value is None else value.detach().clone()
-
-
-def _flat(tensors) -> torch.Tensor:
-    return torch.cat([tensor.reshape(-1) for tensor in tensors])
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
