@@ -12,9 +12,9 @@ baseline in the same run.
    paired with a plain run back to back, `--repeats` pairs, and the median ratio printed; two plain runs
    paired the same way show what the machine's drift alone gives. Target: ≤ 1.10× the plain loop's time.
    What bounds a worker on this machine is measured in the same rotation: the plain loop beside a
-   separate process computing HVPs back to back on the other core. The worker process's start (once, in the Monitor's
-   constructor, outside the timed loop) is timed on its own, and so is each part of a measurement (ms
-   per training step, per HVP, per noise estimate, per loss pass).
+   separate process computing HVPs back to back on the other core. The worker process's start (once,
+   in the Monitor's constructor, outside the timed loop) is timed on its own, and so is each part of a
+   measurement (ms per training step, per HVP, per noise estimate, per loss pass).
 2. Spectral density: SmallCNN(width 8, 994 parameters) after 300 of those steps, the Hessian over 256
    images. PyHessian's ``density()`` is written inline as it computes it: for each probe, `iter` = 100
    Lanczos steps over parameter lists, every HVP a double backward through the gradient's graph (built

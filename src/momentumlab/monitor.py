@@ -44,12 +44,13 @@ At step t (t optimizer steps taken, measured when t is a multiple of `every`), o
 - the step itself: ``buffer_norm`` ‖m_t‖ and ``buffer_grad_cosine`` cos(m_t, g_t) (Adam: m_t = exp_avg),
   ``effective_step`` η_eff (SGD-type rules only), ``update_grad_ratio`` ‖x_{t+1} − x_t‖ / ‖η g_t‖;
 - at the new point x_{t+1}: ``loss`` (the minibatch loss passed to :meth:`Monitor.step`), ``probe_loss``
-  and each metric over `data` (with ``evaluate``, the default), ``param_norm``, the top-k Hessian eigenvalues (``top_eigenvalue_1`` …,
-  Lanczos warm-started from the previous top eigenvector, with ``eigen_hvps`` and ``eigen_converged``)
-  of the Hessian of the mean loss over a fixed random subset of `hessian_batch` examples (default 256;
-  None: all of `data`) — the subset's Hessian, not an estimate of the full set's — the Hutchinson trace
-  (``hessian_trace``, ``hessian_trace_error``) and an SLQ spectral density (kept in :attr:`densities`;
-  ``density_moment_1``, ``density_moment_2`` = ∫λ dμ, ∫λ² dμ in the table).
+  and each metric over `data` (with ``evaluate``, the default), ``param_norm``, the top-k Hessian
+  eigenvalues (``top_eigenvalue_1`` …, Lanczos warm-started from the previous top eigenvector, with
+  ``eigen_hvps`` and ``eigen_converged``) of the Hessian of the mean loss over a fixed random subset of
+  `hessian_batch` examples (default 256; None: all of `data`) — the subset's Hessian, not an estimate of
+  the full set's — the Hutchinson trace (``hessian_trace``, ``hessian_trace_error``) and an SLQ spectral
+  density (kept in :attr:`densities`; ``density_moment_1``, ``density_moment_2`` = ∫λ dμ, ∫λ² dμ in the
+  table).
 """
 
 from __future__ import annotations
@@ -103,12 +104,13 @@ class Monitor:
     curvature and the noise are measured on (fixed random subsets drawn at construction; None: all).
     `metrics` maps names to (outputs, targets) ↦ batch means, e.g.
     ``{"accuracy": accuracy}``; `evaluate=False` skips the pass over all of `data` that gives them and
-    ``probe_loss`` (on the digits CNN 13 ms of a 120 ms measurement). `loggers` receive every row (:class:`~momentumlab.loggers.MetricLogger`);
-    the monitor also keeps them in a table (:meth:`table`, :meth:`save`). `chunk_size` bounds the
-    examples per forward pass of every probe (without it: the loss and metrics in chunks of
-    :data:`EVALUATION_CHUNK`, the Hessian subset in one, per-sample gradients in chunks of 256; in train
-    mode BatchNorm normalizes each chunk by its own statistics). `background` ("thread" or True, or
-    "process") runs the probes in a worker beside training (module docstring).
+    ``probe_loss`` (on the digits CNN 11–13 ms of a 150–160 ms measurement). `loggers` receive every row
+    (:class:`~momentumlab.loggers.MetricLogger`); the monitor also keeps them in a table (:meth:`table`,
+    :meth:`save`). `chunk_size` bounds the examples per forward pass of every probe (without it: the loss
+    and metrics in chunks of :data:`~momentumlab.measurement.EVALUATION_CHUNK`, the Hessian subset in
+    one, per-sample gradients in chunks of 256; in train mode BatchNorm normalizes each chunk by its own
+    statistics). `background` ("thread" or True, or "process") runs the probes in a worker beside
+    training (module docstring).
     """
 
     def __init__(
