@@ -189,6 +189,18 @@ def test_a_background_failure_is_raised_in_the_loop(background):
     assert monitor._optimizer_steps == 1
 
 
+def _broken_loss(outputs, targets):
+    raise ArithmeticError("loss failed")
+
+
+def test_a_measurement_that_fails_in_the_worker_process_warm_up_fails_the_constructor():
+    inputs, labels = _data()
+    model = _mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(ArithmeticError, match="loss failed"):
+        Monitor(model, _broken_loss, optimizer, (inputs, labels), batch_size=8, background="process")
+
+
 def test_a_worker_process_needs_what_it_is_sent_picklable():
     inputs, labels = _data()
     model = _mlp()

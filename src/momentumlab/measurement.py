@@ -242,4 +242,7 @@ def start_worker_process(measurement: Measurement, model: nn.Module, start: Step
             "and functions defined in a notebook, or in a script without `if __name__ == '__main__':`, are "
             "not importable there); use background='thread'"
         ) from error
+    except BaseException:  # the measurement itself failed: the same error the first one would raise
+        worker.shutdown(wait=False, cancel_futures=True)
+        raise
     return worker
