@@ -6,11 +6,14 @@ One full-batch step (N = 20000 examples, P = 5 patches, d = 30, m = 5 filters; f
 - run its two products:    FLOPs = 2·m·d·(N·P) for the projections ⟨w_r, X_i[j]⟩ and as many for the
                            gradient Σ_i Σ_j c_ij X_i[j] (60 MFLOP; the cubes and sums are O(m·N·P)).
 Both limits are measured in this run (machine_limits.py): memory bandwidth STREAM-like on arrays the
-size of the data, and the step's own matrix products, recorded with their exact shapes and layouts and
-replayed alone. Each step time is printed with its bound (bytes ÷ bandwidth; products alone) and the
-fraction of the limit it reaches; beside it, the old yardstick: the naive loop one would write by hand
-(the cubic CNN as an `nn.Module` in float64, autograd, `torch.optim.SGD` for GD+M in heavy-ball form
-with lr = η(1−γ), which has GD+M's iterates).
+size of the data, and the FLOP rate of a large square `mm` (1024³, the CPU's practical peak), which
+bounds 60 MFLOP from below however the products are written; also the torch path's own products, recorded
+with their exact shapes and layouts and replayed alone. The objective runs on its default engine (the C
+kernel of `cubic_objective.c` on the CPU in float32) and on the torch path (`compiled=False`, at several
+chunkings). Each step time is printed with its bounds and the fraction of each limit it reaches; beside
+it, the old yardstick: the naive loop one would write by hand (the cubic CNN as an `nn.Module` in
+float64, autograd, `torch.optim.SGD` for GD+M in heavy-ball form with lr = η(1−γ), which has GD+M's
+iterates). The kernel runs on torch's thread count, as the torch path does.
 
 The trainer's number is the per-step cost of `train_feature_margin` itself, measured as the difference
 between two run lengths so that data generation and setup cancel; "objective" is one call of the
@@ -27,10 +30,12 @@ from collections.abc import Callable
 import torch
 from machine_limits import (
     FLOAT_BYTES,
+    Product,
     best_seconds_each,
     clock_name,
     fraction_line,
     measure_bandwidth,
+    measure_matmul,
     record_products,
     replay,
     seconds,
@@ -96,42 +101,56 @@ def main() -> None:
     n, patches, dim = inputs.shape
     weight = build_model(run).weight.detach()
 
-    def objective(chunk: int | None = None) -> Callable[[], object]:
-        full_batch = FullBatchCubicObjective(inputs, labels, run.model.width, run.train.l2, chunk=chunk)
+    def objective(chunk: int | None = None, compiled: bool = True) -> Callable[[], object]:
+        full_batch = FullBatchCubicObjective(
+            inputs, labels, run.model.width, run.train.l2, chunk=chunk, compiled=compiled
+        )
         return lambda: full_batch.loss_and_gradient(weight)
 
     default = FullBatchCubicObjective(inputs, labels, run.model.width, run.train.l2)
+    torch_path = FullBatchCubicObjective(inputs, labels, run.model.width, run.train.l2, compiled=False)
     print(
         f"feature-margin default data (N={n}, P={patches}, d={dim}, m={run.model.width}), GD+M, float32, "
-        f"torch threads = {torch.get_num_threads()}, timed by {clock_name()}; "
-        f"{len(default.bounds)} chunks of examples"
+        f"torch threads = {torch.get_num_threads()}, timed by {clock_name()}; default engine: {default.engine}"
     )
     bandwidth = measure_bandwidth(inputs.numel())
     data_bytes = FLOAT_BYTES * (inputs.numel() + PER_EXAMPLE_VECTORS * n)
     memory_bound = data_bytes / bandwidth.best
-    products = record_products(lambda: default.loss_and_gradient(weight))
+    products = record_products(lambda: torch_path.loss_and_gradient(weight))
     flops = sum(p.flops for p in products)
-    chunks = (n // 40, n // 10, n // 3, n)  # the default against other chunkings
+    peak = measure_matmul([Product(1024, 1024, 1024)], repeats=args.repeats)
+    flop_bound = flops / peak
+    chunks = (n // 40, n // 10, n // 3, n)
     times = best_seconds_each(
-        {"objective": objective(), "products": replay(products)} | {c: objective(c) for c in chunks},
+        {"objective": objective(), "torch": objective(compiled=False), "products": replay(products)}
+        | {c: objective(c, compiled=False) for c in chunks},
         20 * args.repeats,
     )
-    matmul_bound = times["products"]
+    products_alone = times["products"]
     print(f"  {bandwidth.describe()}")
-    print(
-        f"  the step's {len(products)} matrix products ({flops / 1e6:.1f} MFLOP) alone: "
-        f"{1e3 * matmul_bound:.3f} ms, {flops / matmul_bound / 1e9:.1f} GFLOP/s"
-    )
     print(
         f"  memory bound: {data_bytes / 1e6:.2f} MB ÷ {bandwidth.best / 1e9:.1f} GB/s = {1e3 * memory_bound:.3f} ms"
     )
+    print(
+        f"  FLOP bound: {flops / 1e6:.1f} MFLOP ÷ {peak / 1e9:.1f} GFLOP/s (a 1024³ mm) = {1e3 * flop_bound:.3f} ms"
+    )
+    print(
+        f"  the torch path's {len(products)} matrix products alone: {1e3 * products_alone:.3f} ms, "
+        f"{flops / products_alone / 1e9:.1f} GFLOP/s"
+    )
     for chunk in chunks:
-        print(f"  objective in chunks of {chunk:5d} examples: {1e3 * times[chunk]:7.3f} ms")
+        print(f"  torch path in chunks of {chunk:5d} examples: {1e3 * times[chunk]:7.3f} ms")
+    print(f"  objective, {default.engine} vs torch path: {times['torch'] / times['objective']:.2f}x faster")
     trainer = min(trainer_seconds_per_step(args.steps) for _ in range(args.repeats))
     naive = min(naive_seconds_per_step(args.steps // 4) for _ in range(args.repeats))
-    for label, step in (("objective (L, ∇L), one call", times["objective"]), ("trainer step", trainer)):
+    for label, step in (
+        (f"objective (L, ∇L), one call, {default.engine}", times["objective"]),
+        ("objective, torch path", times["torch"]),
+        ("trainer step", trainer),
+    ):
         print(fraction_line(label, step, memory_bound, "bytes ÷ bandwidth"))
-        print(fraction_line(label, step, matmul_bound, "its products alone"))
+        print(fraction_line(label, step, flop_bound, "FLOPs ÷ peak mm rate"))
+        print(fraction_line(label, step, max(memory_bound, flop_bound), "the larger of the two"))
     print(f"  naive reference (autograd + torch.optim.SGD, float64): {1e3 * naive:8.3f} ms/step")
     print(f"  trainer vs naive loop: {naive / trainer:.2f}x")
 

@@ -140,7 +140,7 @@ def feature_margin_suite(runs: int, steps: int) -> None:
     total = runs * steps
     batched = report("batched engine end to end (train_batched, float32)", total, long_seconds)
     single = report(
-        "one after another: train_feature_margin() (closed form, float32)",
+        "one after another: train_feature_margin() (C kernel on the CPU, float32)",
         total,
         seconds(lambda: [train_feature_margin(config) for config in configs]),
     )

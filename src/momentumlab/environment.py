@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from momentumlab.native import native_compiler
+
 
 def environment() -> dict[str, Any]:
     """What produced a run: versions, code revision and machine."""
@@ -49,6 +51,7 @@ def environment() -> dict[str, Any]:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "c_compiler": native_compiler(),  # None: no C kernels, the torch paths ran
         },
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -56,10 +59,10 @@ def environment() -> dict[str, Any]:
 
 @functools.cache
 def source_fingerprint() -> str:
-    """Hash (16 hex digits) of every Python source file of the installed package: a cached measurement
-    is keyed by it as well as its settings, so that changed code never serves stale tables."""
+    """Hash (16 hex digits) of every Python and C source file of the installed package: a cached
+    measurement is keyed by it as well as its settings, so that changed code never serves stale tables."""
     package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.c")]):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -13,8 +13,10 @@ from momentumlab.models.cubic_cnn import (
     cubic_loss_and_gradient,
     logistic_objective,
 )
+from momentumlab.native import native_compiler
 
-N, P, D, M = 40, 3, 8, 4
+N, P, D, M = 40, 3, 8, 4  # N = 2.5 kernel tiles; D = 8 is not a multiple of the kernel's 3 rows at once
+needs_compiler = pytest.mark.skipif(native_compiler() is None, reason="no C compiler: the torch path runs")
 TOLERANCES = {
     torch.float64: {"rtol": 1e-10, "atol": 1e-12},
     torch.float32: {"rtol": 2e-4, "atol": 2e-5},
@@ -54,7 +56,7 @@ def _loop_loss(weight: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
 
 def _autograd_reference(weight: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, l2: float):
     """(L, ∇L) by autograd through CubicCNN, with the loss written out independently (float64)."""
-    model = CubicCNN(M, D, init_std=1.0).to(torch.float64)
+    model = CubicCNN(*weight.shape, init_std=1.0).to(torch.float64)
     with torch.no_grad():
         model.weight.copy_(weight.to(torch.float64))
     outputs = model(inputs.to(torch.float64))
@@ -67,7 +69,7 @@ def _autograd_reference(weight: torch.Tensor, inputs: torch.Tensor, labels: torc
 def test_forward_equals_triple_loop():
     """CubicCNN.forward equals Σ_r Σ_j ⟨w_r, X[j]⟩³ computed with Python loops."""
     inputs, _, weight = _problem()
-    model = CubicCNN(M, D, init_std=1.0).to(torch.float64)
+    model = CubicCNN(*weight.shape, init_std=1.0).to(torch.float64)
     with torch.no_grad():
         model.weight.copy_(weight)
     outputs = model(inputs)
@@ -152,14 +154,22 @@ def test_cubic_loss_and_gradient_on_minibatch():
     torch.testing.assert_close(gradient, ref_gradient, **TOLERANCES[torch.float64])
 
 
-@pytest.mark.parametrize("chunk", [None, 1, 7, N])
+ENGINES = [(None, True), (None, False), (1, False), (7, False), (N, False)]  # (chunk, compiled)
+
+
+@pytest.mark.parametrize(("chunk", "compiled"), ENGINES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("l2", [0.0, 0.3])
-def test_full_batch_objective_equals_autograd(l2, dtype, chunk):
+def test_full_batch_objective_equals_autograd(l2, dtype, chunk, compiled):
     """FullBatchCubicObjective.loss_and_gradient equals autograd; `outputs` equals the forward pass;
-    for any chunk of examples (7: five full chunks and a partial one)."""
+    for the C kernel (float32 on the CPU) and the torch path at any chunk of examples (7: five full chunks
+    and a partial one)."""
     inputs, labels, weight = _problem(seed=4)
-    objective = FullBatchCubicObjective(inputs.to(dtype), labels.to(dtype), width=M, l2=l2, chunk=chunk)
+    objective = FullBatchCubicObjective(
+        inputs.to(dtype), labels.to(dtype), width=M, l2=l2, chunk=chunk, compiled=compiled
+    )
+    kernel = compiled and dtype == torch.float32 and native_compiler() is not None
+    assert objective.engine == ("compiled" if kernel else "torch")
     loss, gradient = objective.loss_and_gradient(weight.to(dtype))
     ref_loss, ref_gradient = _autograd_reference(weight, inputs, labels, l2)
     assert gradient.dtype == dtype
@@ -199,6 +209,69 @@ def test_full_batch_objective_repeated_calls(l2):
     assert not torch.allclose(results[0][1], results[1][1])
     assert results[2][0] == results[0][0]
     torch.testing.assert_close(results[2][1], results[0][1], rtol=0, atol=0)
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    ("examples", "patches", "dim", "width"), [(1, 1, 1, 1), (17, 5, 30, 5), (300, 2, 33, 9)]
+)
+def test_compiled_objective_equals_autograd_at_other_shapes(examples, patches, dim, width):
+    """The kernel, built per shape, against float64 autograd: one example (a tile of padding), one tile and
+    a partial one, d above the lane count; repeated calls at W1, W2, W1 reproduce the first exactly."""
+    generator = torch.Generator().manual_seed(examples)
+    inputs = torch.randn(examples, patches, dim, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 2, (examples,), generator=generator).to(torch.float64) * 2 - 1
+    weights = [torch.randn(width, dim, generator=generator, dtype=torch.float64) * 0.3 for _ in range(2)]
+    objective = FullBatchCubicObjective(inputs.float(), labels.float(), width=width, l2=0.1)
+    assert objective.engine == "compiled"
+    results = []
+    for weight in (*weights, weights[0]):
+        loss, gradient = objective.loss_and_gradient(weight.float())
+        ref_loss, ref_gradient = _autograd_reference(weight, inputs, labels, 0.1)
+        assert ref_gradient.norm() > 1e-3
+        torch.testing.assert_close(loss.double(), ref_loss, **TOLERANCES[torch.float32])
+        torch.testing.assert_close(gradient.double(), ref_gradient, **TOLERANCES[torch.float32])
+        outputs = (inputs @ weight.T).pow(3).sum(dim=(1, 2))  # f_W(X_i), float64
+        torch.testing.assert_close(objective.outputs.double(), outputs, **TOLERANCES[torch.float32])
+        results.append((loss.item(), gradient.clone()))
+    assert results[2][0] == results[0][0]
+    torch.testing.assert_close(results[2][1], results[0][1], rtol=0, atol=0)
+
+
+@needs_compiler
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_compiled_objective_on_threads_equals_autograd(threads):
+    """3 079 examples: 193 tiles, enough for 3 threads (64 tiles each at least) with a partial last tile;
+    each thread count equals autograd and gives the same bits on every call."""
+    generator = torch.Generator().manual_seed(threads)
+    inputs = torch.randn(3079, 2, 6, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 2, (3079,), generator=generator).to(torch.float64) * 2 - 1
+    weight = torch.randn(3, 6, generator=generator, dtype=torch.float64) * 0.3
+    objective = FullBatchCubicObjective(inputs.float(), labels.float(), width=3, l2=0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        loss, gradient = objective.loss_and_gradient(weight.float())
+        gradient = gradient.clone()
+        again = objective.loss_and_gradient(weight.float())[1]
+    finally:
+        torch.set_num_threads(before)
+    ref_loss, ref_gradient = _autograd_reference(weight, inputs, labels, 0.0)
+    torch.testing.assert_close(loss.double(), ref_loss, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(gradient.double(), ref_gradient, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(again, gradient, rtol=0, atol=0)
+    outputs = (inputs @ weight.T).pow(3).sum(dim=(1, 2))
+    torch.testing.assert_close(objective.outputs.double(), outputs, **TOLERANCES[torch.float32])
+
+
+@needs_compiler
+def test_compiled_objective_refuses_a_weight_it_cannot_read():
+    """The kernel reads raw memory: a weight of another shape or dtype is an error, not garbage."""
+    inputs, labels, weight = _problem(seed=8)
+    objective = FullBatchCubicObjective(inputs.float(), labels.float(), width=M, l2=0.0)
+    for wrong in (weight.float()[:, :-1], weight, weight.float().T):
+        with pytest.raises(ValueError, match="needs shape"):
+            objective.loss_and_gradient(wrong)
 
 
 def test_full_batch_objective_matches_minibatch_function():

@@ -5,20 +5,31 @@ f_W(X) = Σ_r Σ_j ⟨w_r, X[j]⟩³,   L(W) = (1/N) Σ_i log(1 + exp(−y_i f_W
 :class:`CubicCNN` is the plain module (autograd works through it). :class:`FullBatchCubicObjective`
 is the training fast path: the closed-form gradient
 ∇_{w_r} L = (1/N) Σ_i −y_i σ(−y_i f_i) Σ_j 3⟨w_r, X_i[j]⟩² X_i[j] + λ w_r
-computed in one pass over the data: per cache-sized chunk of examples, the forward product, the
+computed in one pass over the data. On the CPU in float32 a C kernel (`cubic_objective.c`, built by
+:mod:`momentumlab.native`) does the whole pass tile by tile with its products in registers; otherwise (a
+GPU, float64, no C compiler) torch does it per cache-sized chunk of examples: the forward product, the
 logistic weights and the gradient product, in preallocated buffers.
 """
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from momentumlab.native import load_kernel
 
 # Data per chunk on the CPU: up to the 32 MiB L3 cache the data is one chunk. Chunks of 0.5-4 MiB
 # measured no faster with one thread, and with two threads on a loaded machine each chunk's small ops
 # cost thread wake-ups (2 MiB chunks: 2.3x the CPU time per step).
 CPU_CHUNK_BYTES = 2**25
+# Examples per tile of the C kernel (a multiple of its 4, 8 or 16 lanes): 16 and 32 measured alike.
+KERNEL_EXAMPLES = 16
+# The kernel keeps m·d vectors of (at most) 16 floats and m·P·KERNEL_EXAMPLES floats on its stack;
+# larger shapes use torch.
+KERNEL_STACK_BYTES = 2**20
 
 
 class CubicCNN(nn.Module):
@@ -64,10 +75,11 @@ def cubic_loss_and_gradient(
 class FullBatchCubicObjective:
     """Full-batch (L, ∇L) of the cubic CNN on fixed data, without autograd or per-step allocation.
 
-    One pass over the data per call: the examples are split into chunks (contiguous (d, chunk·P)
-    copies, made once) and each chunk's forward product, cubes, logistic weights and gradient product
-    run back to back, so the gradient product reads the chunk while it is still in cache. On a GPU the
-    data is one chunk.
+    One pass over the data per call. With `compiled` (the default) on the CPU in float32, the C kernel
+    holds the data in its tiles; otherwise the examples are split into chunks (contiguous (d, chunk·P)
+    copies, made once) and each chunk's forward product, cubes, logistic weights and gradient product run
+    back to back, so the gradient product reads the chunk while it is still in cache. On a GPU the data
+    is one chunk. `engine` says which: "compiled" or "torch".
     """
 
     def __init__(
@@ -77,29 +89,70 @@ class FullBatchCubicObjective:
         width: int,
         l2: float,
         chunk: int | None = None,
+        compiled: bool = True,
     ):
         n, patches, dim = inputs.shape
+        self.n, self.patches, self.width, self.l2 = n, patches, width, l2
+        like = {"dtype": inputs.dtype, "device": inputs.device}
+        self.neg_labels = -labels
+        self.outputs = torch.empty(n, **like)  # f_W(X_i) at the last evaluated W
+        self._margins = torch.empty(n, **like)
+        self._kernel = _cubic_kernel(width, dim, patches, inputs) if compiled else None
+        self.engine = "torch" if self._kernel is None else "compiled"
+        if self._kernel is not None:
+            self._labels = labels.contiguous()
+            self._tiles = _kernel_tiles(inputs, self._kernel.lanes())
+            self._gradient = torch.empty(width, dim, **like)
+            return
         if chunk is None:
             chunk = n if inputs.device.type == "cuda" else max(1, CPU_CHUNK_BYTES // inputs[0].nbytes)
-        self.n, self.patches, self.width, self.l2 = n, patches, width, l2
         self.bounds = [(first, min(first + chunk, n)) for first in range(0, n, chunk)]
         self.inputs_t = [
             inputs[first:last].reshape(-1, dim).T.contiguous() for first, last in self.bounds
         ]  # (d, chunk·P) each
-        self.neg_labels = -labels
         self.gradient_weights = labels * (-3.0 / n)  # −3 y_i / N; times ℓ_i it weighs example i's gradient
-        like = {"dtype": inputs.dtype, "device": inputs.device}
         rows = min(chunk, n)
         self._projections = torch.empty(width * rows * patches, **like)
         self._squares = torch.empty(width * rows * patches, **like)
         self._patch_outputs = torch.empty(rows * patches, **like)
         self._coefficient = torch.empty(rows, **like)
-        self.outputs = torch.empty(n, **like)  # f_W(X_i) at the last evaluated W
-        self._margins = torch.empty(n, **like)
         self._gradient_t = torch.empty(dim, width, **like)  # ∇L transposed: this product order is faster
 
     def loss_and_gradient(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (L(W), ∇L(W)); the gradient tensor is a buffer reused by the next call."""
+        gradient = self._compiled_pass(weight) if self._kernel is not None else self._torch_pass(weight)
+        margins = torch.mul(self.outputs, self.neg_labels, out=self._margins)  # −y_i f_i
+        loss = F.softplus(margins).mean()
+        if self.l2:
+            loss = loss + 0.5 * self.l2 * weight.square().sum()
+            gradient.add_(weight, alpha=self.l2)
+        return loss, gradient
+
+    def _compiled_pass(self, weight: torch.Tensor) -> torch.Tensor:
+        """f into `outputs` and the loss term's gradient, by the C kernel."""
+        expected = (tuple(self._gradient.shape), torch.float32, "cpu")
+        if (tuple(weight.shape), weight.dtype, weight.device.type) != expected:  # the kernel reads raw memory
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)}, {weight.dtype} on {weight.device.type}: "
+                f"the objective's kernel needs shape {expected[0]}, float32, on the CPU"
+            )
+        weight = weight.detach().contiguous()
+        threads = torch.get_num_threads()  # the kernel uses torch's thread count
+        partials = torch.empty(threads - 1, *self._gradient.shape)  # the other threads' gradient sums
+        self._kernel.cubic_objective(
+            self._tiles.data_ptr(),
+            self._labels.data_ptr(),
+            weight.data_ptr(),
+            self.n,
+            threads,
+            self.outputs.data_ptr(),
+            self._gradient.data_ptr(),
+            partials.data_ptr(),
+        )
+        return self._gradient
+
+    def _torch_pass(self, weight: torch.Tensor) -> torch.Tensor:
+        """f into `outputs` and the loss term's gradient, chunk by chunk with torch."""
         m, patches = self.width, self.patches
         for index, ((first, last), inputs_t) in enumerate(zip(self.bounds, self.inputs_t)):
             size = last - first
@@ -121,10 +174,31 @@ class FullBatchCubicObjective:
                 torch.mm(inputs_t, squares.T, out=self._gradient_t)
             else:
                 self._gradient_t.addmm_(inputs_t, squares.T)
-        margins = torch.mul(self.outputs, self.neg_labels, out=self._margins)  # −y_i f_i
-        loss = F.softplus(margins).mean()
-        gradient = self._gradient_t.T
-        if self.l2:
-            loss = loss + 0.5 * self.l2 * weight.square().sum()
-            gradient.add_(weight, alpha=self.l2)
-        return loss, gradient
+        return self._gradient_t.T
+
+
+def _cubic_kernel(width: int, dim: int, patches: int, inputs: torch.Tensor) -> ctypes.CDLL | None:
+    """The C kernel for these shapes, where it applies (CPU, float32, a stack that fits) and builds."""
+    if inputs.device.type != "cpu" or inputs.dtype != torch.float32:
+        return None
+    if 4 * width * (16 * dim + patches * KERNEL_EXAMPLES) > KERNEL_STACK_BYTES:
+        return None
+    constants = (("WIDTH", width), ("DIM", dim), ("PATCHES", patches), ("EXAMPLES", KERNEL_EXAMPLES))
+    kernel = load_kernel("models/cubic_objective.c", constants)
+    if kernel is not None:
+        pointer, size = ctypes.c_void_p, ctypes.c_long
+        kernel.cubic_objective.argtypes = [pointer, pointer, pointer, size, size, pointer, pointer, pointer]
+        kernel.cubic_objective.restype = None
+    return kernel
+
+
+def _kernel_tiles(inputs: torch.Tensor, lanes: int) -> torch.Tensor:
+    """`inputs` (N, P, d) in the kernel's layout: tiles of KERNEL_EXAMPLES examples (zero-padded), each
+    (blocks, d, lanes) with column p·KERNEL_EXAMPLES + e of a tile at lane (column % lanes) of its block."""
+    n, patches, dim = inputs.shape
+    tiles = -(-n // KERNEL_EXAMPLES)
+    padded = inputs.new_zeros(tiles * KERNEL_EXAMPLES, patches, dim)
+    padded[:n] = inputs
+    columns = padded.view(tiles, KERNEL_EXAMPLES, patches, dim).transpose(1, 2)  # (tiles, P, E, d)
+    blocks = columns.reshape(tiles, patches * KERNEL_EXAMPLES // lanes, lanes, dim)
+    return blocks.transpose(2, 3).contiguous()

@@ -1,0 +1,141 @@
+/* Full-batch loss terms and gradient of the cubic CNN in one pass over the data (SPEC §1):
+
+       f_i = Σ_r Σ_j ⟨w_r, X_i[j]⟩³,   ∇_{w_r} = Σ_i c_i Σ_j ⟨w_r, X_i[j]⟩² X_i[j],   c_i = −3 y_i σ(−y_i f_i) / N.
+
+   WIDTH (m), DIM (d), PATCHES (P) and EXAMPLES (per tile, a multiple of every LANES) are compile-time
+   constants (-D), so the loops over them unroll and the accumulators stay in registers. The examples are
+   stored in tiles of EXAMPLES examples, each tile BLOCKS blocks of (DIM, LANES) floats: column
+   t = p·EXAMPLES + e of a tile (patch p of its example e) is lane t % LANES of block t / LANES. Per tile,
+   the forward products ⟨w_r, X[j]⟩ of a block are LANES columns at once (WIDTH accumulators, the block read
+   once, in order), then f and c of the tile's examples, then the gradient products while the tile is in
+   cache; the gradient's partial sums stay in LANES lanes until the end. Examples past n (padding of the
+   last tile) are zero and get c = 0. With several threads each takes a contiguous range of tiles and its
+   own gradient sum; the sums are added in thread order, so a given thread count gives the same bits. */
+#include <math.h>
+#include <pthread.h>
+
+#if defined(__AVX512F__)
+#define LANES 16
+#elif defined(__AVX__)
+#define LANES 8
+#else
+#define LANES 4
+#endif
+#define COLUMNS (EXAMPLES * PATCHES)
+#define BLOCKS (COLUMNS / LANES)
+#define ROWS_AT_ONCE 3 /* gradient rows k accumulated in registers together: WIDTH × 3 vectors */
+#define TILES_PER_THREAD 64 /* fewer tiles than this per thread: not worth a thread's start */
+
+typedef float vec __attribute__((vector_size(4 * LANES)));
+typedef float data_vec __attribute__((vector_size(4 * LANES), aligned(4)));
+
+int lanes(void) { return LANES; }
+
+/* Examples [first, last) (first a multiple of EXAMPLES) of n: f into outputs, their gradient sum. */
+static void pass(const float *restrict tiles, const float *restrict labels, const float *restrict weight,
+                 long first_example, long last, long n, float *restrict outputs, float *restrict gradient)
+{
+    vec sums[WIDTH][DIM];
+    vec z[WIDTH][BLOCKS]; /* ⟨w_r, X[j]⟩ of the tile's columns, then c·⟨w_r, X[j]⟩² */
+    float f[EXAMPLES], coefficients[EXAMPLES];
+    const float scale = -3.0f / (float)n;
+    for (long r = 0; r < WIDTH; r++)
+        for (long k = 0; k < DIM; k++) sums[r][k] = (vec){0};
+    for (long first = first_example; first < last; first += EXAMPLES) {
+        const data_vec *restrict x = (const data_vec *)(tiles + (first / EXAMPLES) * DIM * COLUMNS);
+        for (long block = 0; block < BLOCKS; block++) {
+            const data_vec *restrict columns = x + block * DIM;
+            vec products[WIDTH];
+            for (long r = 0; r < WIDTH; r++) products[r] = (vec){0};
+            for (long k = 0; k < DIM; k++) {
+                vec column = columns[k];
+#pragma GCC unroll 16
+                for (long r = 0; r < WIDTH; r++) products[r] += weight[r * DIM + k] * column; /* ⟨w_r, X[j]⟩ */
+            }
+            for (long r = 0; r < WIDTH; r++) z[r][block] = products[r];
+        }
+        float *values = (float *)z; /* z[r] as COLUMNS floats */
+        for (long e = 0; e < EXAMPLES; e++) f[e] = 0.0f;
+        for (long r = 0; r < WIDTH; r++)
+            for (long p = 0; p < PATCHES; p++)
+                for (long e = 0; e < EXAMPLES; e++) {
+                    float v = values[r * COLUMNS + p * EXAMPLES + e];
+                    f[e] += v * v * v; /* f_i = Σ_r Σ_j ⟨w_r, X_i[j]⟩³ */
+                }
+        long count = last - first < EXAMPLES ? last - first : EXAMPLES;
+        for (long e = 0; e < EXAMPLES; e++) coefficients[e] = 0.0f;
+        for (long e = 0; e < count; e++) {
+            float y = labels[first + e];
+            outputs[first + e] = f[e];
+            coefficients[e] = scale * y / (1.0f + expf(y * f[e])); /* c_i = −3 y_i σ(−y_i f_i) / N */
+        }
+        for (long r = 0; r < WIDTH; r++)
+            for (long p = 0; p < PATCHES; p++)
+                for (long e = 0; e < EXAMPLES; e++) {
+                    float v = values[r * COLUMNS + p * EXAMPLES + e];
+                    values[r * COLUMNS + p * EXAMPLES + e] = coefficients[e] * v * v;
+                }
+        for (long k0 = 0; k0 < DIM; k0 += ROWS_AT_ONCE) {
+            vec partial[WIDTH][ROWS_AT_ONCE];
+            for (long r = 0; r < WIDTH; r++)
+                for (long j = 0; j < ROWS_AT_ONCE; j++) partial[r][j] = (vec){0};
+            for (long block = 0; block < BLOCKS; block++) {
+                const data_vec *restrict rows = x + block * DIM + k0;
+#pragma GCC unroll 16
+                for (long j = 0; j < ROWS_AT_ONCE; j++) {
+                    if (k0 + j >= DIM) break;
+                    vec row = rows[j];
+#pragma GCC unroll 16
+                    for (long r = 0; r < WIDTH; r++) partial[r][j] += z[r][block] * row; /* c⟨w_r,X[j]⟩² X[j]_k */
+                }
+            }
+            for (long r = 0; r < WIDTH; r++)
+                for (long j = 0; j < ROWS_AT_ONCE && k0 + j < DIM; j++) sums[r][k0 + j] += partial[r][j];
+        }
+    }
+    for (long r = 0; r < WIDTH; r++)
+        for (long k = 0; k < DIM; k++) {
+            float sum = 0.0f;
+            for (long l = 0; l < LANES; l++) sum += sums[r][k][l];
+            gradient[r * DIM + k] = sum;
+        }
+}
+
+struct part {
+    const float *tiles, *labels, *weight;
+    long first, last, n;
+    float *outputs, *gradient;
+};
+
+static void *run_part(void *argument)
+{
+    struct part *p = argument;
+    pass(p->tiles, p->labels, p->weight, p->first, p->last, p->n, p->outputs, p->gradient);
+    return NULL;
+}
+
+/* f_i into outputs (n) and ∇ (WIDTH × DIM) into gradient, on up to `threads` threads; `partials` holds
+   (threads − 1) × WIDTH × DIM floats for the other threads' sums. */
+void cubic_objective(const float *tiles, const float *labels, const float *weight, long n, long threads,
+                     float *outputs, float *gradient, float *partials)
+{
+    long tile_count = (n + EXAMPLES - 1) / EXAMPLES;
+    long most = tile_count / TILES_PER_THREAD;
+    if (threads > most) threads = most;
+    if (threads < 1) threads = 1;
+    struct part parts[threads];
+    pthread_t ids[threads];
+    int started[threads];
+    for (long t = 0; t < threads; t++) {
+        long first = tile_count * t / threads * EXAMPLES, last = tile_count * (t + 1) / threads * EXAMPLES;
+        parts[t] = (struct part){tiles, labels, weight, first, last < n ? last : n, n, outputs,
+                                 t == 0 ? gradient : partials + (t - 1) * WIDTH * DIM};
+        started[t] = t > 0 && pthread_create(&ids[t], NULL, run_part, &parts[t]) == 0;
+    }
+    for (long t = 0; t < threads; t++)
+        if (!started[t]) run_part(&parts[t]); /* the calling thread's part, or a thread that did not start */
+    for (long t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(ids[t], NULL);
+        for (long i = 0; i < WIDTH * DIM; i++) gradient[i] += parts[t].gradient[i];
+    }
+}

@@ -1,0 +1,72 @@
+"""C kernels compiled on first use by the machine's C compiler and called through ctypes.
+
+A kernel is a C file shipped with the package, compiled with its shape constants (``-D``) and
+``-O3 -march=native`` into a cache (``$MOMENTUMLAB_CACHE`` or ``~/.cache/momentumlab``), once per
+machine, source, shape and compiler: a build takes under a second. Where no compiler works, or with
+``MOMENTUMLAB_NATIVE=0``, :func:`load_kernel` returns None and the caller keeps its torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-pthread"]
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept."""
+    root = os.environ.get("MOMENTUMLAB_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return (Path(root) if root else Path.home() / ".cache") / "momentumlab" / "kernels"
+
+
+def native_compiler() -> str | None:
+    """The C compiler kernels are built with; None when there is none or ``MOMENTUMLAB_NATIVE=0``."""
+    if os.environ.get("MOMENTUMLAB_NATIVE", "1") == "0":
+        return None
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
+@functools.cache
+def load_kernel(source: str, constants: tuple[tuple[str, int], ...]) -> ctypes.CDLL | None:
+    """The shared library of package file `source` (e.g. ``"models/cubic_objective.c"``) built with
+    `constants` as ``-DNAME=value``; None when native kernels are off or no compiler builds it."""
+    compiler = native_compiler()
+    if compiler is None:
+        return None
+    text = resources.files("momentumlab").joinpath(source).read_text()
+    defines = [f"-D{name}={value}" for name, value in constants]
+    # the host's name too: -march=native code of one node may not run on another that shares the cache
+    key = hashlib.sha256(
+        "\0".join([text, *defines, *FLAGS, compiler, platform.node(), platform.machine()]).encode()
+    ).hexdigest()[:20]
+    library = cache_dir() / f"{Path(source).stem}-{key}.so"
+    if not library.exists():
+        try:
+            _compile(compiler, text, defines, library)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+    return ctypes.CDLL(str(library))
+
+
+def _compile(compiler: str, text: str, defines: list[str], library: Path) -> None:
+    """Build `text` into `library` atomically (a whole file or none), for this CPU where the compiler can."""
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as work:
+        source, built = Path(work) / "kernel.c", Path(work) / "kernel.so"
+        source.write_text(text)
+        for target in (["-march=native"], []):  # not every compiler knows -march=native
+            command = [compiler, *FLAGS, *target, *defines, str(source), "-o", str(built), "-lm"]
+            result = subprocess.run(command, check=False, capture_output=True, timeout=120)
+            if result.returncode == 0:
+                os.replace(built, library)
+                return
+        raise subprocess.CalledProcessError(result.returncode, command, result.stdout, result.stderr)
