@@ -44,6 +44,22 @@ def test_without_a_working_compiler_there_is_no_kernel_and_no_file(fresh_cache, 
     assert not fresh_cache.exists() or not any(fresh_cache.iterdir())
 
 
+@needs_compiler
+def test_a_library_that_does_not_load_is_built_again(fresh_cache, tmp_path, monkeypatch):
+    """A file in the cache that is not a library (a damaged disk) is replaced by a fresh build."""
+    assert native.load_kernel(SOURCE, SHAPE) is not None
+    (library,) = fresh_cache.glob("*.so")
+    other = tmp_path / "other"  # another cache, holding garbage under the library's name
+    damaged = other / "momentumlab" / "kernels" / library.name
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not a shared library")
+    monkeypatch.setenv("MOMENTUMLAB_CACHE", str(other))
+    native.load_kernel.cache_clear()
+    kernel = native.load_kernel(SOURCE, SHAPE)
+    assert kernel is not None and kernel.lanes() in (4, 8, 16)
+    assert damaged.read_bytes() != b"not a shared library"
+
+
 def test_momentumlab_native_0_keeps_the_torch_path_with_equal_results(monkeypatch):
     inputs = torch.randn(20, 2, 3, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([1.0, -1.0] * 10)

@@ -49,12 +49,14 @@ def load_kernel(source: str, constants: tuple[tuple[str, int], ...]) -> ctypes.C
         "\0".join([text, *defines, *FLAGS, compiler, platform.node(), platform.machine()]).encode()
     ).hexdigest()[:20]
     library = cache_dir() / f"{Path(source).stem}-{key}.so"
-    if not library.exists():
+    for rebuild in (not library.exists(), True):  # a file that does not load (damaged) is built again
         try:
-            _compile(compiler, text, defines, library)
-        except (OSError, subprocess.CalledProcessError):
-            return None
-    return ctypes.CDLL(str(library))
+            if rebuild:
+                _compile(compiler, text, defines, library)
+            return ctypes.CDLL(str(library))
+        except (OSError, subprocess.SubprocessError):  # no cache folder, a failed or stuck build, a bad file
+            continue
+    return None
 
 
 def _compile(compiler: str, text: str, defines: list[str], library: Path) -> None:
