@@ -81,11 +81,9 @@ class Measurement:
     top_vector: torch.Tensor | None = None  # the previous top eigenvector, Lanczos's start
     gradient_bound: float = 0.0  # K: max of ‖∇f‖ so far
 
-    def __call__(
-        self, step: int, start: StepStart, model: nn.Module
-    ) -> tuple[dict[str, float], SpectralDensity | None]:
-        """The row's probes at `step` on `model` (the monitored model or a copy at x_{t+1}), and the SLQ
-        density when asked for."""
+    def __call__(self, start: StepStart, model: nn.Module) -> tuple[dict[str, float], SpectralDensity | None]:
+        """The probes of the step that began at `start`, on `model` (the monitored model or a copy at
+        x_{t+1}), and the SLQ density when asked for."""
         row = self.noise_quantities(start, model) if self.noise else {}
         return self.at_current_point(model, row)
 
@@ -204,16 +202,16 @@ def _warm_up(start: StepStart) -> None:
     """A measurement on copies, its result dropped: the first one in a fresh process takes ten times
     longer (lazy imports and first calls of torch.func and LAPACK), and it should not hold up training."""
     measurement, model = _in_worker
-    dataclasses.replace(copy.deepcopy(measurement), metrics={})(0, start, copy.deepcopy(model))
+    dataclasses.replace(copy.deepcopy(measurement), metrics={})(start, copy.deepcopy(model))
 
 
 def measure_in_worker(
-    step: int, start: StepStart, state: dict[str, torch.Tensor]
+    start: StepStart, state: dict[str, torch.Tensor]
 ) -> tuple[dict[str, float], SpectralDensity | None]:
-    """A task of the worker process: the measurement at `step` on its model copy loaded with `state`."""
+    """A task of the worker process: the measurement from `start` on its model copy loaded with `state`."""
     measurement, model = _in_worker
     model.load_state_dict(state)
-    return measurement(step, start, model)
+    return measurement(start, model)
 
 
 def start_worker_process(measurement: Measurement, model: nn.Module, start: StepStart) -> ProcessPoolExecutor:

@@ -180,25 +180,23 @@ class Monitor:
             raise ValueError("batch_size=None: δ needs the training batch size b; pass batch_size=...")
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
-        self.inputs, self.targets = _materialize(data, device)
-        count = len(self.inputs)
+        inputs, targets = _materialize(data, device)
+        count = len(inputs)
         for name, size in (("hessian_batch", hessian_batch), ("noise_examples", noise_examples)):
             if size is not None and size < (2 if name == "noise_examples" else 1):
                 raise ValueError(
                     f"{name}={size}: must be a number of examples (≥ 1, noise ≥ 2), or None for all {count}"
                 )
-        subset = torch.randperm(count, generator=generator, device=device)[: hessian_batch or count]
-        self.hessian_inputs, self.hessian_targets = self.inputs[subset], self.targets[subset]
-        self.noise_inputs, self.noise_targets = self.inputs, self.targets
+        hessian_subset = torch.randperm(count, generator=generator, device=device)[: hessian_batch or count]
+        noise_subset = slice(None)
         if noise_examples is not None and noise_examples < count:
-            subset = torch.randperm(count, generator=generator, device=device)[:noise_examples]
-            self.noise_inputs, self.noise_targets = self.inputs[subset], self.targets[subset]
-        self.dim = sum(parameter.numel() for parameter in model.parameters())
+            noise_subset = torch.randperm(count, generator=generator, device=device)[:noise_examples]
+        dim = sum(parameter.numel() for parameter in model.parameters())
         self.measurement = Measurement(
             loss_fn, dict(metrics or {}), evaluate, mode, top_k, eigen_tol, eigen_max_iter, trace_probes,
-            density, density_probes, density_steps, noise, self.batch_size, chunk_size, self.inputs,
-            self.targets, self.hessian_inputs, self.hessian_targets, self.noise_inputs, self.noise_targets,
-            generator, self.dim,
+            density, density_probes, density_steps, noise, self.batch_size, chunk_size, inputs, targets,
+            inputs[hessian_subset], targets[hessian_subset], inputs[noise_subset], targets[noise_subset],
+            generator, dim,
         )  # fmt: skip
         self._densities: dict[int, SpectralDensity] = {}
         self._table = TableLogger()
@@ -231,15 +229,15 @@ class Monitor:
         if self._worker is None:
             with torch.random.fork_rng(devices=_cuda_devices(self.model)):
                 row = self._step_quantities(start, loss)
-                return self._record(self._steps, row, *self.measurement(self._steps, start, self.model))
+                return self._record(self._steps, row, *self.measurement(start, self.model))
         if len(self._pending) == 2:
             self._collect(wait=True, keep=1)
         row = self._step_quantities(start, loss)
         if self.background == "thread":
-            job = self._worker.submit(self.measurement, self._steps, start, copy.deepcopy(self.model))
+            job = self._worker.submit(self.measurement, start, copy.deepcopy(self.model))
         else:  # the state as it is now: the task is pickled later, in the pool's feeder thread
             state = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
-            job = self._worker.submit(measure_in_worker, self._steps, start, state)
+            job = self._worker.submit(measure_in_worker, start, state)
         self._pending.append((self._steps, row, job))
         return None
 
@@ -247,6 +245,29 @@ class Monitor:
         """Every measured value: columns step, name, value."""
         self._collect(wait=True)
         return self._table.frame()
+
+    @property
+    def hessian_inputs(self) -> torch.Tensor:
+        """The fixed subset the Hessian is taken over (its targets: :attr:`hessian_targets`)."""
+        return self.measurement.hessian_inputs
+
+    @property
+    def hessian_targets(self) -> torch.Tensor:
+        return self.measurement.hessian_targets
+
+    @property
+    def noise_inputs(self) -> torch.Tensor:
+        """The fixed subset the noise is estimated on (its targets: :attr:`noise_targets`)."""
+        return self.measurement.noise_inputs
+
+    @property
+    def noise_targets(self) -> torch.Tensor:
+        return self.measurement.noise_targets
+
+    @property
+    def dim(self) -> int:
+        """The number of parameters."""
+        return self.measurement.dim
 
     @property
     def densities(self) -> dict[int, SpectralDensity]:

@@ -60,15 +60,14 @@ def test_example_writes_figures_and_a_table_whose_sharpness_is_the_dense_hessian
     names = [name for name, _ in model.named_parameters()]
     shapes = [parameter.shape for parameter in model.parameters()]
 
+    hessian_inputs = monitor.hessian_inputs.double()
+
     def loss(flat: torch.Tensor) -> torch.Tensor:
         views = {n: v.view(s) for n, v, s in zip(names, flat.split([s.numel() for s in shapes]), shapes)}
-        return F.cross_entropy(
-            functional_call(model, views, (monitor.hessian_inputs,)), monitor.hessian_targets
-        )
+        return F.cross_entropy(functional_call(model, views, (hessian_inputs,)), monitor.hessian_targets)
 
     point = torch.nn.utils.parameters_to_vector(model.parameters()).detach().double()
     model.double()
-    monitor.hessian_inputs = monitor.hessian_inputs.double()
     spectrum = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, point))
     # Lanczos stopped at residual ≤ 1e-3·λ: some eigenvalue lies that close (float32 products aside)
     assert final["top_eigenvalue_1"] == pytest.approx(spectrum[-1].item(), rel=2e-3)
