@@ -15,7 +15,9 @@ shared machine (a ratio against a naive loop moves with the loop's speed):
   counting 2·M·K·N floating-point operations per (M×K)·(K×N) product. The bound of a step is its
   products' FLOPs ÷ that throughput: the time those products take alone, with nothing else in the step.
 
-Each timing is the best of `repeats` calls after one warm-up call: the least disturbed by other jobs.
+Each timing is the best of `repeats` warm calls, the least disturbed by other jobs: each timed call
+follows an untimed call of the same work, as a training step follows the previous one (its data in the
+cache, its threads awake), not the other works of the rotation.
 With one torch thread every timing is the CPU time of the calling thread (`time.thread_time`): the work
 itself, without the time other jobs held the cores (cache sharing with them still counts); with more
 threads, wall time. A step and its bounds are timed interleaved (:func:`best_seconds_each`), so a
@@ -51,18 +53,18 @@ def seconds(work: Callable[[], object]) -> float:
 
 
 def best_seconds_each(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Least time of `repeats` calls of each of `works`, called in turn (after one warm-up call each)."""
-    for work in works.values():
-        work()
+    """Least time of `repeats` warm calls of each of `works`, called in turn: each timed call right after
+    an untimed one of the same work."""
     best = dict.fromkeys(works, math.inf)
     for _ in range(repeats):
         for name, work in works.items():
+            work()
             best[name] = min(best[name], seconds(work))
     return best
 
 
 def best_seconds(work: Callable[[], object], repeats: int) -> float:
-    """Least time of `repeats` calls of `work`, after one warm-up call."""
+    """Least time of `repeats` warm calls of `work`."""
     return best_seconds_each({"work": work}, repeats)["work"]
 
 

@@ -2,12 +2,15 @@
 limits and against the same runs one after another.
 
 feature-margin: R runs of the feature–margin default (GD+M, γ = 0.99; learning rates × 4 seeds, so
-4 datasets) through `train_batched`. Its step reads each dataset once for all of that dataset's runs
-and runs two batched products per chunk of examples, so its bound is the larger of
+4 datasets) through `train_batched`. On the CPU in float32 its full batch is the C kernel, run by run;
+whatever computes it, a step must at least read each dataset once and do each run's two products, so its
+bound is the larger of
     memory:  bytes = 4·N·P·d per dataset (12 MB each), ÷ STREAM-like bandwidth on arrays that size
-    matmul:  FLOPs = 2 · 2·(runs·m)·d·(N·P) per dataset (both products), timed by replaying the step's
-             own `bmm` calls (recorded with their exact shapes and layouts) alone
-and run-steps/s is printed as a fraction of R ÷ bound. Beside it, end to end (setup included): the same
+    FLOPs:   2 · 2·(runs·m)·d·(N·P) (both products of every run), ÷ the rate of a 1024³ `mm` (the
+             CPU's practical peak)
+and run-steps/s is printed as a fraction of R ÷ bound. The engine's other full-batch path (one `bmm` per
+bucket of datasets, as on a GPU or without a compiler) is timed beside it, with its products replayed
+alone (recorded with their exact shapes and layouts). End to end (setup included): the same
 runs one after another with (a) the naive reference loop of `feature_margin_step.py` (the cubic CNN as
 an `nn.Module` in float64, autograd, `torch.optim.SGD` in heavy-ball form) and (b) the project's
 single-run trainer `train_feature_margin` (the stricter baseline).
@@ -33,15 +36,19 @@ logging and checkpoints are otherwise off. Every limit is measured in this run, 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 
 import torch
 import torch._dynamo  # torch.optim imports it on first use: here, that second stays out of the timings
 from machine_limits import (
     FLOAT_BYTES,
+    Product,
     clock_name,
     fraction_line,
     measure_bandwidth,
+    measure_matmul,
     record_products,
     replay_seconds,
     seconds,
@@ -49,6 +56,7 @@ from machine_limits import (
 
 from momentumlab.experiments.teacher_student import Settings as TableOneSettings
 from momentumlab.models.cubic_cnn import CubicCNN, logistic_objective
+from momentumlab.native import load_kernel
 from momentumlab.optim import ema_to_heavy_ball
 from momentumlab.runs.feature_margin import FeatureMarginRunConfig
 from momentumlab.runs.teacher_student import TeacherStudentRunConfig
@@ -58,6 +66,7 @@ from momentumlab.train.teacher_student import steps_per_epoch, train_student
 from momentumlab.train.teacher_student_batched import train_students_batched
 
 MOMENTUM = 0.99
+REPEATS = 3  # runs of each length in batched_step
 STUDENT_WIDTHS = TableOneSettings().students  # Table 1's calibrated students
 MINIBATCH = TableOneSettings().minibatch.batch_size
 SEEDS = 4
@@ -108,6 +117,28 @@ def batched_products(work: Callable[[], object], evaluations: int) -> tuple[floa
     return sum(p.flops for p in products) / evaluations, replay_seconds(products) / evaluations
 
 
+def batched_step(runs: int, steps: int) -> tuple[float, float]:
+    """(seconds per step, seconds of the whole run) of `train_batched` on the suite's `runs` runs of `steps`
+    steps: the step as the difference of two run lengths (each the least of REPEATS), so that setup cancels."""
+    short = [feature_margin_config(seed, lr, steps // 5) for seed, lr in grid(runs)]
+    configs = [feature_margin_config(seed, lr, steps) for seed, lr in grid(runs)]
+    short_seconds = min(seconds(lambda: train_batched(short, [None] * runs)) for _ in range(REPEATS))
+    long_seconds = min(seconds(lambda: train_batched(configs, [None] * runs)) for _ in range(REPEATS))
+    return (long_seconds - short_seconds) / (steps - steps // 5), long_seconds
+
+
+@contextlib.contextmanager
+def native_kernels_off() -> Iterator[None]:
+    """The torch paths instead of the C kernels, inside the block."""
+    os.environ["MOMENTUMLAB_NATIVE"] = "0"
+    load_kernel.cache_clear()
+    try:
+        yield
+    finally:
+        del os.environ["MOMENTUMLAB_NATIVE"]
+        load_kernel.cache_clear()
+
+
 def feature_margin_suite(runs: int, steps: int) -> None:
     configs = [feature_margin_config(seed, lr, steps) for seed, lr in grid(runs)]
     print(
@@ -118,24 +149,31 @@ def feature_margin_suite(runs: int, steps: int) -> None:
     datasets = len({seed for seed, _ in grid(runs)})
     bandwidth = measure_bandwidth(data.numel())
     memory_bound = datasets * FLOAT_BYTES * data.numel() / bandwidth.best
-    one_step = [feature_margin_config(seed, lr, 1) for seed, lr in grid(runs)]
-    # a 1-step run evaluates the full batch twice: at step 0 and after the last step
-    flops, matmul_bound = batched_products(lambda: train_batched(one_step, [None] * runs), evaluations=2)
+    flops = 2 * 2 * runs * configs[0].model.width * data.numel()  # both products of every run
+    peak = measure_matmul([Product(1024, 1024, 1024)])
+    flop_bound = flops / peak
     print(f"  {bandwidth.describe()}")
     print(
         f"  one step of {runs} runs: memory bound {datasets} × {FLOAT_BYTES * data.numel() / 1e6:.1f} MB ÷ "
-        f"{bandwidth.best / 1e9:.1f} GB/s = {1e3 * memory_bound:.2f} ms; its products ({flops / 1e9:.2f} GFLOP) "
-        f"alone {1e3 * matmul_bound:.2f} ms ({flops / matmul_bound / 1e9:.1f} GFLOP/s)"
+        f"{bandwidth.best / 1e9:.1f} GB/s = {1e3 * memory_bound:.2f} ms; FLOP bound {flops / 1e9:.2f} GFLOP ÷ "
+        f"{peak / 1e9:.1f} GFLOP/s (a 1024³ mm) = {1e3 * flop_bound:.2f} ms"
     )
-    short = [feature_margin_config(seed, lr, steps // 5) for seed, lr in grid(runs)]
-    short_seconds = seconds(lambda: train_batched(short, [None] * runs))
-    long_seconds = seconds(lambda: train_batched(configs, [None] * runs))
-    step = (long_seconds - short_seconds) / (steps - steps // 5)
-    bound = max(memory_bound, matmul_bound)
-    print(fraction_line(f"batched step of {runs} runs", step, bound, "max(memory, products)"))
+    bound = max(memory_bound, flop_bound)
+    step, long_seconds = batched_step(runs, steps)
+    print(fraction_line(f"batched step of {runs} runs", step, bound, "max(memory, FLOPs)"))
     print(
         f"  batched: {runs / step:.0f} run-steps/s per step; bound {runs / bound:.0f} run-steps/s "
-        f"(memory {runs / memory_bound:.0f}, products {runs / matmul_bound:.0f})"
+        f"(memory {runs / memory_bound:.0f}, FLOPs {runs / flop_bound:.0f})"
+    )
+    with native_kernels_off():
+        one_step = [feature_margin_config(seed, lr, 1) for seed, lr in grid(runs)]
+        # a 1-step run evaluates the full batch twice: at step 0 and after the last step
+        _, products = batched_products(lambda: train_batched(one_step, [None] * runs), evaluations=2)
+        stacked_step = batched_step(runs, steps)[0]
+    print(
+        f"  the stacked `bmm` path (MOMENTUMLAB_NATIVE=0): step {1e3 * stacked_step:.2f} ms, its products alone "
+        f"{1e3 * products:.2f} ms ({flops / products / 1e9:.1f} GFLOP/s); the kernel's step is "
+        f"{stacked_step / step:.2f}x faster"
     )
     total = runs * steps
     batched = report("batched engine end to end (train_batched, float32)", total, long_seconds)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -74,3 +78,71 @@ def test_momentumlab_native_0_keeps_the_torch_path_with_equal_results(monkeypatc
     on = FullBatchCubicObjective(inputs, labels, width=2, l2=0.0)
     assert on.engine == ("compiled" if native.native_compiler() else "torch")
     torch.testing.assert_close(on.loss_and_gradient(weight), reference.loss_and_gradient(weight))
+
+
+def _compiler_has_openmp(folder: Path) -> bool:
+    source = folder / "probe.c"
+    source.write_text("int f(void) { return 0; }\n")
+    command = [
+        native.native_compiler(),
+        "-fopenmp",
+        "-shared",
+        "-fPIC",
+        str(source),
+        "-o",
+        str(folder / "probe.so"),
+    ]
+    return subprocess.run(command, check=False, capture_output=True).returncode == 0
+
+
+def _openmp_runtimes() -> set[str]:
+    """The OpenMP runtime files mapped into this process."""
+    return {
+        line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line
+    }
+
+
+@needs_compiler
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mapped files (Linux)")
+def test_the_kernel_runs_on_the_openmp_runtime_torch_has_loaded(fresh_cache, tmp_path):
+    if not _compiler_has_openmp(tmp_path):
+        pytest.skip("the compiler has no OpenMP: the kernel runs on pthreads")
+    runtimes = _openmp_runtimes()
+    kernel = native.load_kernel(SOURCE, SHAPE)
+    assert kernel.openmp() == 1
+    assert _openmp_runtimes() == runtimes  # no second runtime: torch's libgomp.so.1 serves the kernel
+
+
+def _objective_in_child(objective, weight, results) -> None:
+    torch.set_num_threads(2)  # as the parent: OpenMP's workers would be needed, and the fork has none
+    results.put((native.openmp_usable(), objective.loss_and_gradient(weight)[1].tolist()))  # floats: exact
+
+
+@needs_compiler
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform")
+def test_a_process_forked_after_the_kernel_ran_on_openmp_threads_gets_the_same_bits():
+    """libgomp's workers do not survive a fork, and a parallel region in the child would wait for them
+    forever: there the kernel runs on pthreads, with the same result."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(3079, 2, 6, generator=generator)
+    labels = torch.randint(0, 2, (3079,), generator=generator).float() * 2 - 1
+    weight = torch.randn(3, 6, generator=generator) * 0.3
+    objective = FullBatchCubicObjective(inputs, labels, width=3, l2=0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = objective.loss_and_gradient(weight)[1].clone()  # OpenMP's workers start here
+        torch.mm(torch.ones(256, 256), torch.ones(256, 256))  # and torch's own parallel op
+    finally:
+        torch.set_num_threads(before)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_objective_in_child, args=(objective, weight, results))
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the kernel hung in a forked process")
+    usable, gradient = results.get(timeout=10)
+    assert native.openmp_usable() and not usable
+    torch.testing.assert_close(torch.tensor(gradient), expected, rtol=0, atol=0)

@@ -1,7 +1,7 @@
 """C kernels compiled on first use by the machine's C compiler and called through ctypes.
 
 A kernel is a C file shipped with the package, compiled with its shape constants (``-D``) and
-``-O3 -march=native`` into a cache (``$MOMENTUMLAB_CACHE`` or ``~/.cache/momentumlab``), once per
+``-O3 -march=native -fopenmp`` into a cache (``$MOMENTUMLAB_CACHE`` or ``~/.cache/momentumlab``), once per
 machine, source, shape and compiler: a build takes under a second. Where no compiler works, or with
 ``MOMENTUMLAB_NATIVE=0``, :func:`load_kernel` returns None and the caller keeps its torch path.
 """
@@ -20,6 +20,19 @@ from importlib import resources
 from pathlib import Path
 
 FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-pthread"]
+# tried in turn: this CPU's instructions, and OpenMP (whose runtime, libgomp.so.1, resolves to the one
+# torch has loaded: the kernel's threads are torch's), where the compiler has them
+TARGETS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
+
+
+_IMPORTED_IN = os.getpid()
+
+
+def openmp_usable() -> bool:
+    """Whether a kernel may run on OpenMP's threads: not in a process forked from the one that imported
+    this module, since the fork did not copy the OpenMP runtime's running workers (torch's own parallel
+    ops hang there too unless the child sets ``torch.set_num_threads(1)``)."""
+    return os.getpid() == _IMPORTED_IN
 
 
 def cache_dir() -> Path:
@@ -46,7 +59,9 @@ def load_kernel(source: str, constants: tuple[tuple[str, int], ...]) -> ctypes.C
     defines = [f"-D{name}={value}" for name, value in constants]
     # the host's name too: -march=native code of one node may not run on another that shares the cache
     key = hashlib.sha256(
-        "\0".join([text, *defines, *FLAGS, compiler, platform.node(), platform.machine()]).encode()
+        "\0".join(
+            [text, *defines, *FLAGS, str(TARGETS), compiler, platform.node(), platform.machine()]
+        ).encode()
     ).hexdigest()[:20]
     library = cache_dir() / f"{Path(source).stem}-{key}.so"
     for rebuild in (not library.exists(), True):  # a file that does not load (damaged) is built again
@@ -65,7 +80,7 @@ def _compile(compiler: str, text: str, defines: list[str], library: Path) -> Non
     with tempfile.TemporaryDirectory(dir=library.parent) as work:
         source, built = Path(work) / "kernel.c", Path(work) / "kernel.so"
         source.write_text(text)
-        for target in (["-march=native"], []):  # not every compiler knows -march=native
+        for target in TARGETS:
             command = [compiler, *FLAGS, *target, *defines, str(source), "-o", str(built), "-lm"]
             result = subprocess.run(command, check=False, capture_output=True, timeout=120)
             if result.returncode == 0:

@@ -106,7 +106,9 @@ def test_smoke_measures_the_old_codes_numbers(small):
     results = pd.read_csv(folder / "results.csv")
     assert set(results["train.steps"]) == {60} and set(results["data.n_train"]) == {600}  # --set reached
     measured = results.set_index(["optimizer.lr", "optimizer.momentum", "seed"])["train_loss"].to_dict()
-    assert measured == OLD_TRAIN_LOSS
+    # float32 rounding: the batched engine's full batch is the C kernel now, which orders its sums otherwise
+    # than the old code's products did (measured: within 1e-6 relative)
+    assert measured == pytest.approx(OLD_TRAIN_LOSS, rel=1e-5, abs=0)
 
 
 def test_tuned_comparison_is_the_best_validation_setting(small):

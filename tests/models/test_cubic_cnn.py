@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from momentumlab.models import cubic_cnn
 from momentumlab.models.cubic_cnn import (
     CubicCNN,
     FullBatchCubicObjective,
@@ -240,9 +241,10 @@ def test_compiled_objective_equals_autograd_at_other_shapes(examples, patches, d
 
 @needs_compiler
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_compiled_objective_on_threads_equals_autograd(threads):
+def test_compiled_objective_on_threads_equals_autograd(threads, monkeypatch):
     """3 079 examples: 193 tiles, enough for 3 threads (64 tiles each at least) with a partial last tile;
-    each thread count equals autograd and gives the same bits on every call."""
+    each thread count equals autograd and gives the same bits on every call, on OpenMP's threads and on
+    pthreads (a forked process) alike."""
     generator = torch.Generator().manual_seed(threads)
     inputs = torch.randn(3079, 2, 6, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 2, (3079,), generator=generator).to(torch.float64) * 2 - 1
@@ -253,9 +255,12 @@ def test_compiled_objective_on_threads_equals_autograd(threads):
     try:
         loss, gradient = objective.loss_and_gradient(weight.float())
         gradient = gradient.clone()
-        again = objective.loss_and_gradient(weight.float())[1]
+        again = objective.loss_and_gradient(weight.float())[1].clone()
+        monkeypatch.setattr(cubic_cnn, "openmp_usable", lambda: False)
+        on_pthreads = objective.loss_and_gradient(weight.float())[1]
     finally:
         torch.set_num_threads(before)
+    torch.testing.assert_close(on_pthreads, gradient, rtol=0, atol=0)
     ref_loss, ref_gradient = _autograd_reference(weight, inputs, labels, 0.0)
     torch.testing.assert_close(loss.double(), ref_loss, **TOLERANCES[torch.float32])
     torch.testing.assert_close(gradient.double(), ref_gradient, **TOLERANCES[torch.float32])
@@ -272,6 +277,16 @@ def test_compiled_objective_refuses_a_weight_it_cannot_read():
     for wrong in (weight.float()[:, :-1], weight, weight.float().T):
         with pytest.raises(ValueError, match="needs shape"):
             objective.loss_and_gradient(wrong)
+    outputs, gradient = torch.empty(N), torch.empty(M, D)
+    for wrong_outputs, wrong_gradient in (
+        (torch.empty(N - 1), gradient),
+        (outputs, torch.empty(D, M).T),  # the right shape, not contiguous
+        (outputs.double(), gradient),
+    ):
+        with pytest.raises(ValueError, match="needs shape"):
+            objective.kernel_pass(weight.float(), wrong_outputs, wrong_gradient)
+    assert objective.kernel_pass(weight.float(), outputs, gradient) is gradient
+    torch.testing.assert_close(gradient, objective.loss_and_gradient(weight.float())[1], rtol=0, atol=0)
 
 
 def test_full_batch_objective_matches_minibatch_function():

@@ -8,6 +8,7 @@ import torch
 from helpers import make_tiny_config, raise_at
 
 import momentumlab.train.feature_margin_batched as batched_module
+from momentumlab.native import load_kernel, native_compiler
 from momentumlab.optim.momentum import OptimizerConfig, build_optimizer
 from momentumlab.train.feature_margin import build_data, train_feature_margin
 from momentumlab.train.feature_margin_batched import batch_key, rule_coefficients, train_batched
@@ -264,6 +265,29 @@ def test_each_dataset_is_drawn_once_per_batch(monkeypatch):
     monkeypatch.setattr(batched_module, "build_data", counting_build_data)
     train_batched(configs_for("full-batch-float32"), [None] * len(MIXED))
     assert sorted(drawn) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_full_batch_float32_on_the_kernel_and_on_bmm_equals_the_runs_trained_alone(monkeypatch, solo, native):
+    """In float32 on the CPU the full batch runs the C kernel run by run where it builds, else the
+    stacked `bmm` (as on a GPU); each gives every run as trained alone."""
+    monkeypatch.setenv("MOMENTUMLAB_NATIVE", native)
+    load_kernel.cache_clear()
+    chosen = []
+
+    def recording(*arguments):
+        chosen.append(full_batch(*arguments))
+        return chosen[-1]
+
+    full_batch = batched_module._full_batch
+    monkeypatch.setattr(batched_module, "_full_batch", recording)
+    mode = "full-batch-float32"
+    records = train_batched(configs_for(mode), [None] * len(MIXED))
+    kernel = native == "1" and native_compiler() is not None
+    assert type(chosen[0]).__name__ == ("_KernelFullBatch" if kernel else "_StackedFullBatch")
+    for record, alone in zip(records, solo[mode], strict=True):
+        assert_records_match(record, alone, **TOLERANCE["float32"])
+    load_kernel.cache_clear()
 
 
 def test_full_batch_in_many_small_chunks_equals_the_runs_trained_alone(monkeypatch, solo):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from momentumlab.native import load_kernel
+from momentumlab.native import load_kernel, openmp_usable
 
 # Data per chunk on the CPU: up to the 32 MiB L3 cache the data is one chunk. Chunks of 0.5-4 MiB
 # measured no faster with one thread, and with two threads on a loaded machine each chunk's small ops
@@ -120,7 +120,10 @@ class FullBatchCubicObjective:
 
     def loss_and_gradient(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (L(W), ∇L(W)); the gradient tensor is a buffer reused by the next call."""
-        gradient = self._compiled_pass(weight) if self._kernel is not None else self._torch_pass(weight)
+        if self._kernel is not None:
+            gradient = self.kernel_pass(weight, self.outputs, self._gradient)
+        else:
+            gradient = self._torch_pass(weight)
         margins = torch.mul(self.outputs, self.neg_labels, out=self._margins)  # −y_i f_i
         loss = F.softplus(margins).mean()
         if self.l2:
@@ -128,14 +131,21 @@ class FullBatchCubicObjective:
             gradient.add_(weight, alpha=self.l2)
         return loss, gradient
 
-    def _compiled_pass(self, weight: torch.Tensor) -> torch.Tensor:
-        """f into `outputs` and the loss term's gradient, by the C kernel."""
-        expected = (tuple(self._gradient.shape), torch.float32, "cpu")
-        if (tuple(weight.shape), weight.dtype, weight.device.type) != expected:  # the kernel reads raw memory
-            raise ValueError(
-                f"weight of shape {tuple(weight.shape)}, {weight.dtype} on {weight.device.type}: "
-                f"the objective's kernel needs shape {expected[0]}, float32, on the CPU"
-            )
+    def kernel_pass(
+        self, weight: torch.Tensor, outputs: torch.Tensor, gradient: torch.Tensor
+    ) -> torch.Tensor:
+        """f_W(X_i) into `outputs` (N,) and the loss term's gradient into `gradient` (m, d), by the C kernel
+        (engine "compiled"); returns `gradient`."""
+        shape = tuple(self._gradient.shape)
+        buffers = {"weight": (weight, shape), "gradient": (gradient, shape), "outputs": (outputs, (self.n,))}
+        for name, (tensor, needed) in buffers.items():
+            layout = (tuple(tensor.shape), tensor.dtype, tensor.device.type)
+            contiguous = name == "weight" or tensor.is_contiguous()  # the kernel writes raw memory
+            if layout != (needed, torch.float32, "cpu") or not contiguous:
+                raise ValueError(
+                    f"{name} of shape {tuple(tensor.shape)}, {tensor.dtype} on {tensor.device.type}: the "
+                    f"objective's kernel needs shape {needed}, float32, on the CPU{'' if name == 'weight' else ', contiguous'}"
+                )
         weight = weight.detach().contiguous()
         threads = torch.get_num_threads()  # the kernel uses torch's thread count
         partials = torch.empty(threads - 1, *self._gradient.shape)  # the other threads' gradient sums
@@ -145,11 +155,12 @@ class FullBatchCubicObjective:
             weight.data_ptr(),
             self.n,
             threads,
-            self.outputs.data_ptr(),
-            self._gradient.data_ptr(),
+            openmp_usable(),
+            outputs.data_ptr(),
+            gradient.data_ptr(),
             partials.data_ptr(),
         )
-        return self._gradient
+        return gradient
 
     def _torch_pass(self, weight: torch.Tensor) -> torch.Tensor:
         """f into `outputs` and the loss term's gradient, chunk by chunk with torch."""
@@ -187,7 +198,8 @@ def _cubic_kernel(width: int, dim: int, patches: int, inputs: torch.Tensor) -> c
     kernel = load_kernel("models/cubic_objective.c", constants)
     if kernel is not None:
         pointer, size = ctypes.c_void_p, ctypes.c_long
-        kernel.cubic_objective.argtypes = [pointer, pointer, pointer, size, size, pointer, pointer, pointer]
+        arguments = [pointer] * 3 + [size, size, ctypes.c_int] + [pointer] * 3  # see cubic_objective.c
+        kernel.cubic_objective.argtypes = arguments
         kernel.cubic_objective.restype = None
     return kernel
 

@@ -10,9 +10,20 @@
    once, in order), then f and c of the tile's examples, then the gradient products while the tile is in
    cache; the gradient's partial sums stay in LANES lanes until the end. Examples past n (padding of the
    last tile) are zero and get c = 0. With several threads each takes a contiguous range of tiles and its
-   own gradient sum; the sums are added in thread order, so a given thread count gives the same bits. */
+   own gradient sum; the sums are added in thread order, so a given thread count gives the same bits.
+   Built with -fopenmp, the threads are those of the OpenMP runtime torch has loaded (libgomp.so.1 is
+   resolved to the copy already in the process), so the kernel runs on torch's warm workers instead of
+   competing with them while they spin after torch's last parallel op. The caller asks for pthreads
+   instead in a process forked after those workers started: the fork did not copy them, and libgomp
+   would wait for them forever. */
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
+#ifdef _OPENMP
+#define OPENMP 1
+#else
+#define OPENMP 0
+#endif
 
 #if defined(__AVX512F__)
 #define LANES 16
@@ -30,6 +41,8 @@ typedef float vec __attribute__((vector_size(4 * LANES)));
 typedef float data_vec __attribute__((vector_size(4 * LANES), aligned(4)));
 
 int lanes(void) { return LANES; }
+
+int openmp(void) { return OPENMP; } /* whether it was built with OpenMP */
 
 /* Examples [first, last) (first a multiple of EXAMPLES) of n: f into outputs, their gradient sum. */
 static void pass(const float *restrict tiles, const float *restrict labels, const float *restrict weight,
@@ -114,28 +127,47 @@ static void *run_part(void *argument)
     return NULL;
 }
 
-/* f_i into outputs (n) and ∇ (WIDTH × DIM) into gradient, on up to `threads` threads; `partials` holds
-   (threads − 1) × WIDTH × DIM floats for the other threads' sums. */
+/* Each of the `threads` parts on a thread of its own, OpenMP's where asked for and built with it, else
+   pthreads; the caller's thread runs part 0. */
+static void run_parts(struct part *parts, long threads, int openmp)
+{
+    if (threads == 1) {
+        run_part(&parts[0]);
+        return;
+    }
+#if OPENMP
+    if (openmp) {
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+        for (long t = 0; t < threads; t++) run_part(&parts[t]);
+        return;
+    }
+#endif
+    pthread_t ids[threads];
+    int started[threads];
+    for (long t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run_part, &parts[t]) == 0;
+    run_part(&parts[0]);
+    for (long t = 1; t < threads; t++)
+        if (started[t]) pthread_join(ids[t], NULL);
+        else run_part(&parts[t]); /* a thread that did not start */
+}
+
+/* f_i into outputs (n) and ∇ (WIDTH × DIM) into gradient, on up to `threads` threads (OpenMP's when
+   `openmp` is 1 and the kernel has it); `partials` holds (threads − 1) × WIDTH × DIM floats for the other
+   threads' sums. */
 void cubic_objective(const float *tiles, const float *labels, const float *weight, long n, long threads,
-                     float *outputs, float *gradient, float *partials)
+                     int openmp, float *outputs, float *gradient, float *partials)
 {
     long tile_count = (n + EXAMPLES - 1) / EXAMPLES;
     long most = tile_count / TILES_PER_THREAD;
     if (threads > most) threads = most;
     if (threads < 1) threads = 1;
     struct part parts[threads];
-    pthread_t ids[threads];
-    int started[threads];
     for (long t = 0; t < threads; t++) {
         long first = tile_count * t / threads * EXAMPLES, last = tile_count * (t + 1) / threads * EXAMPLES;
         parts[t] = (struct part){tiles, labels, weight, first, last < n ? last : n, n, outputs,
                                  t == 0 ? gradient : partials + (t - 1) * WIDTH * DIM};
-        started[t] = t > 0 && pthread_create(&ids[t], NULL, run_part, &parts[t]) == 0;
     }
-    for (long t = 0; t < threads; t++)
-        if (!started[t]) run_part(&parts[t]); /* the calling thread's part, or a thread that did not start */
-    for (long t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(ids[t], NULL);
+    run_parts(parts, threads, openmp);
+    for (long t = 1; t < threads; t++)
         for (long i = 0; i < WIDTH * DIM; i++) gradient[i] += parts[t].gradient[i];
-    }
 }
