@@ -270,6 +270,28 @@ def test_compiled_objective_on_threads_equals_autograd(threads, monkeypatch):
 
 
 @needs_compiler
+def test_compiled_objective_follows_torchs_thread_count_from_call_to_call():
+    """One objective called at 2, 1, 3 and again 2 threads (its buffer of the other threads' sums resized
+    each time): each call equals autograd, and the two calls at 2 threads give the same bits."""
+    generator = torch.Generator().manual_seed(4)
+    inputs = torch.randn(3079, 2, 6, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 2, (3079,), generator=generator).to(torch.float64) * 2 - 1
+    weight = torch.randn(3, 6, generator=generator, dtype=torch.float64) * 0.3
+    objective = FullBatchCubicObjective(inputs.float(), labels.float(), width=3, l2=0.0)
+    reference = _autograd_reference(weight, inputs, labels, 0.0)[1]
+    before, gradients = torch.get_num_threads(), []
+    try:
+        for threads in (2, 1, 3, 2):
+            torch.set_num_threads(threads)
+            gradients.append(objective.loss_and_gradient(weight.float())[1].clone())
+    finally:
+        torch.set_num_threads(before)
+    for gradient in gradients:
+        torch.testing.assert_close(gradient.double(), reference, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(gradients[3], gradients[0], rtol=0, atol=0)
+
+
+@needs_compiler
 def test_compiled_objective_refuses_a_weight_it_cannot_read():
     """The kernel reads raw memory: a weight of another shape or dtype is an error, not garbage."""
     inputs, labels, weight = _problem(seed=8)

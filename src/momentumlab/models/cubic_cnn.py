@@ -103,6 +103,7 @@ class FullBatchCubicObjective:
             self._labels = labels.contiguous()
             self._tiles = _kernel_tiles(inputs, self._kernel.lanes())
             self._gradient = torch.empty(width, dim, **like)
+            self._partials = torch.empty(0, width, dim, **like)  # sized to torch's thread count when used
             return
         if chunk is None:
             chunk = n if inputs.device.type == "cuda" else max(1, CPU_CHUNK_BYTES // inputs[0].nbytes)
@@ -142,13 +143,15 @@ class FullBatchCubicObjective:
             layout = (tuple(tensor.shape), tensor.dtype, tensor.device.type)
             contiguous = name == "weight" or tensor.is_contiguous()  # the kernel writes raw memory
             if layout != (needed, torch.float32, "cpu") or not contiguous:
+                written = "" if name == "weight" else ", contiguous"  # a weight is copied when it is not
                 raise ValueError(
                     f"{name} of shape {tuple(tensor.shape)}, {tensor.dtype} on {tensor.device.type}: the "
-                    f"objective's kernel needs shape {needed}, float32, on the CPU{'' if name == 'weight' else ', contiguous'}"
+                    f"objective's kernel needs shape {needed}, float32, on the CPU{written}"
                 )
         weight = weight.detach().contiguous()
         threads = torch.get_num_threads()  # the kernel uses torch's thread count
-        partials = torch.empty(threads - 1, *self._gradient.shape)  # the other threads' gradient sums
+        if len(self._partials) != threads - 1:  # the other threads' gradient sums
+            self._partials = torch.empty(threads - 1, *shape)
         self._kernel.cubic_objective(
             self._tiles.data_ptr(),
             self._labels.data_ptr(),
@@ -158,7 +161,7 @@ class FullBatchCubicObjective:
             openmp_usable(),
             outputs.data_ptr(),
             gradient.data_ptr(),
-            partials.data_ptr(),
+            self._partials.data_ptr(),
         )
         return gradient
 
