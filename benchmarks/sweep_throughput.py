@@ -2,9 +2,9 @@
 limits and against the same runs one after another.
 
 feature-margin: R runs of the feature–margin default (GD+M, γ = 0.99; learning rates × 4 seeds, so
-4 datasets) through `train_batched`. On the CPU in float32 its full batch is the C kernel, run by run;
-whatever computes it, a step must at least read each dataset once and do each run's two products, so its
-bound is the larger of
+4 datasets) through `train_batched`. On the CPU in float32 its full batch is the C kernel, one pass over
+each dataset for all its runs; whatever computes it, a step must at least read each dataset once and do
+each run's two products, so its bound is the larger of
     memory:  bytes = 4·N·P·d per dataset (12 MB each), ÷ STREAM-like bandwidth on arrays that size
     FLOPs:   2 · 2·(runs·m)·d·(N·P) (both products of every run), ÷ the rate of a 1024³ `mm` (the
              CPU's practical peak)
@@ -25,6 +25,7 @@ that speed-up, R × one run's `train_student` step ÷ the batched step's product
 cannot be faster than its products, so where one run already computes near the `bmm` throughput (the full
 batch students), batching cannot give 10×.
 
+Every training run is timed REPEATS times and the least counts (the naive loop's, minutes long, once).
 Per-step times are differences between two run lengths, so setup cancels; the speed-ups are end to end
 (drawing data, building models, the first and last logged rows), since that is what a sweep costs;
 logging and checkpoints are otherwise off. Every limit is measured in this run, at the same thread count.
@@ -66,7 +67,7 @@ from momentumlab.train.teacher_student import steps_per_epoch, train_student
 from momentumlab.train.teacher_student_batched import train_students_batched
 
 MOMENTUM = 0.99
-REPEATS = 3  # runs of each length in batched_step
+REPEATS = 3  # timings of each run length: the least counts
 STUDENT_WIDTHS = TableOneSettings().students  # Table 1's calibrated students
 MINIBATCH = TableOneSettings().minibatch.batch_size
 SEEDS = 4
@@ -117,13 +118,18 @@ def batched_products(work: Callable[[], object], evaluations: int) -> tuple[floa
     return sum(p.flops for p in products) / evaluations, replay_seconds(products) / evaluations
 
 
+def least_seconds(work: Callable[[], object]) -> float:
+    """Least time of REPEATS calls of `work` (a whole training run)."""
+    return min(seconds(work) for _ in range(REPEATS))
+
+
 def batched_step(runs: int, steps: int) -> tuple[float, float]:
     """(seconds per step, seconds of the whole run) of `train_batched` on the suite's `runs` runs of `steps`
     steps: the step as the difference of two run lengths (each the least of REPEATS), so that setup cancels."""
     short = [feature_margin_config(seed, lr, steps // 5) for seed, lr in grid(runs)]
     configs = [feature_margin_config(seed, lr, steps) for seed, lr in grid(runs)]
-    short_seconds = min(seconds(lambda: train_batched(short, [None] * runs)) for _ in range(REPEATS))
-    long_seconds = min(seconds(lambda: train_batched(configs, [None] * runs)) for _ in range(REPEATS))
+    short_seconds = least_seconds(lambda: train_batched(short, [None] * runs))
+    long_seconds = least_seconds(lambda: train_batched(configs, [None] * runs))
     return (long_seconds - short_seconds) / (steps - steps // 5), long_seconds
 
 
@@ -180,7 +186,7 @@ def feature_margin_suite(runs: int, steps: int) -> None:
     single = report(
         "one after another: train_feature_margin() (C kernel on the CPU, float32)",
         total,
-        seconds(lambda: [train_feature_margin(config) for config in configs]),
+        least_seconds(lambda: [train_feature_margin(config) for config in configs]),
     )
     naive = report(
         "one after another: naive loop (autograd + SGD, float64)",
@@ -226,11 +232,11 @@ def students_suite(runs: int, epochs: int) -> None:
             flops, alone = batched_products(
                 lambda: train_students_batched(batch(1), [None] * runs), evaluations=per_epoch
             )
-            short = seconds(lambda: train_students_batched(batch(short_epochs), [None] * runs))
-            batched = seconds(lambda configs=configs: train_students_batched(configs, [None] * len(configs)))
+            short = least_seconds(lambda: train_students_batched(batch(short_epochs), [None] * runs))
+            batched = least_seconds(lambda configs=configs: train_students_batched(configs, [None] * runs))
             step = (batched - short) / ((epochs - short_epochs) * per_epoch)
-            sequential = seconds(lambda configs=configs: [train_student(c) for c in configs])
-            one = seconds(lambda: train_student(batch(epochs)[0])) - seconds(
+            sequential = least_seconds(lambda configs=configs: [train_student(c) for c in configs])
+            one = least_seconds(lambda: train_student(batch(epochs)[0])) - least_seconds(
                 lambda: train_student(batch(short_epochs)[0])
             )
             one_step = one / ((epochs - short_epochs) * per_epoch)  # one run's step in train_student()

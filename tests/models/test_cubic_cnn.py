@@ -292,6 +292,40 @@ def test_compiled_objective_follows_torchs_thread_count_from_call_to_call():
 
 
 @needs_compiler
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_kernel_pass_of_several_runs_equals_each_run_alone(threads, monkeypatch):
+    """Four weights (R, m, d) in one pass over 3 079 examples, into (R, N) outputs and (R, m, d)
+    gradients: bit for bit each run's pass alone (the same sums in the same order), on OpenMP's threads
+    and on pthreads, and each run equals autograd."""
+    generator = torch.Generator().manual_seed(10 + threads)
+    inputs = torch.randn(3079, 2, 6, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 2, (3079,), generator=generator).to(torch.float64) * 2 - 1
+    weights = torch.randn(4, 3, 6, generator=generator, dtype=torch.float64) * 0.3
+    objective = FullBatchCubicObjective(inputs.float(), labels.float(), width=3, l2=0.0)
+    outputs, gradients = torch.empty(4, 3079), torch.empty(4, 3, 6)
+    alone_outputs, alone_gradients = torch.empty(4, 3079), torch.empty(4, 3, 6)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for weight, output, gradient in zip(weights, alone_outputs, alone_gradients):
+            objective.kernel_pass(weight.float(), output, gradient)
+        assert objective.kernel_pass(weights.float(), outputs, gradients) is gradients
+        monkeypatch.setattr(cubic_cnn, "openmp_usable", lambda: False)
+        on_pthreads = objective.kernel_pass(weights.float(), torch.empty(4, 3079), torch.empty(4, 3, 6))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(gradients, alone_gradients, rtol=0, atol=0)
+    torch.testing.assert_close(outputs, alone_outputs, rtol=0, atol=0)
+    torch.testing.assert_close(on_pthreads, gradients, rtol=0, atol=0)
+    for weight, output, gradient in zip(weights, outputs, gradients):
+        expected_outputs = (inputs @ weight.T).pow(3).sum(dim=(1, 2))  # f_W(X_i), float64
+        torch.testing.assert_close(output.double(), expected_outputs, **TOLERANCES[torch.float32])
+        reference = _autograd_reference(weight, inputs, labels, 0.0)[1]  # λ = 0: the loss term's gradient
+        torch.testing.assert_close(gradient.double(), reference, **TOLERANCES[torch.float32])
+    assert not torch.allclose(gradients[0], gradients[1])
+
+
+@needs_compiler
 def test_compiled_objective_refuses_a_weight_it_cannot_read():
     """The kernel reads raw memory: a weight of another shape or dtype is an error, not garbage."""
     inputs, labels, weight = _problem(seed=8)
@@ -307,8 +341,13 @@ def test_compiled_objective_refuses_a_weight_it_cannot_read():
     ):
         with pytest.raises(ValueError, match="needs shape"):
             objective.kernel_pass(weight.float(), wrong_outputs, wrong_gradient)
+    with pytest.raises(ValueError, match=r"needs shape \(2, 40\)"):  # two runs' weights, one run's outputs
+        objective.kernel_pass(torch.stack([weight.float()] * 2), outputs, torch.empty(2, M, D))
     assert objective.kernel_pass(weight.float(), outputs, gradient) is gradient
     torch.testing.assert_close(gradient, objective.loss_and_gradient(weight.float())[1], rtol=0, atol=0)
+    on_torch = FullBatchCubicObjective(inputs.float(), labels.float(), width=M, l2=0.0, compiled=False)
+    with pytest.raises(ValueError, match="needs the compiled engine; this objective's is 'torch'"):
+        on_torch.kernel_pass(weight.float(), outputs, gradient)
 
 
 def test_full_batch_objective_matches_minibatch_function():

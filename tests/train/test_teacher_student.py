@@ -301,14 +301,30 @@ def test_a_diverging_run_is_recorded_as_alone_and_leaves_the_others_unchanged():
         assert_same_record(record, without, tolerance=1e-12)
 
 
-def test_small_chunks_give_the_same_records(monkeypatch):
+@pytest.mark.parametrize("architecture", ["mlp2", "cnn2"])
+def test_small_chunks_give_the_same_records(monkeypatch, architecture):
     from momentumlab.train import teacher_student_batched
 
-    configs = mixed_batch("mlp2", None)
+    configs = mixed_batch(architecture, None)
     expected = train_students_batched(configs, [None] * 5)
-    monkeypatch.setattr(teacher_student_batched, "CHUNK_BYTES", 1)  # one run per chunk
+    monkeypatch.setattr(teacher_student_batched, "CHUNK_BYTES", {"mlp": 1, "cnn": 1})  # one run per chunk
     for record, reference in zip(train_students_batched(configs, [None] * 5), expected):
         assert_same_record(record, reference)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "per_example"),
+    [("mlp2", 6 + 6), ("cnn2", 8 * 6)],  # an MLP: both layers' units; a CNN: d positions × its widest layer
+)
+def test_a_chunk_holds_its_familys_bytes_of_hidden_features(monkeypatch, architecture, per_example):
+    from momentumlab.train import teacher_student_batched
+
+    runs = teacher_student_batched._load_runs([tiny(architecture, seed=s) for s in range(7)], [None] * 7)
+    per_run = 40 * per_example * 8  # 40 examples, float64
+    for budget, sizes in ((3 * per_run, [3, 3, 1]), (3 * per_run - 1, [2, 2, 2, 1]), (1, [1] * 7)):
+        monkeypatch.setattr(teacher_student_batched, "CHUNK_BYTES", {architecture[:3]: budget})
+        chunks = teacher_student_batched._chunks(runs, batch_rows=40)
+        assert [len(chunk.runs) for chunk in chunks] == sizes
 
 
 def test_batched_resume_and_cross_resume_between_the_trainers(tmp_path: Path):

@@ -14,6 +14,7 @@ logistic weights and the gradient product, in preallocated buffers.
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ from momentumlab.native import load_kernel, openmp_usable
 CPU_CHUNK_BYTES = 2**25
 # Examples per tile of the C kernel (a multiple of its 4, 8 or 16 lanes): 16 and 32 measured alike.
 KERNEL_EXAMPLES = 16
-# The kernel keeps m·d vectors of (at most) 16 floats and m·P·KERNEL_EXAMPLES floats on its stack;
+# The kernel keeps m·P·KERNEL_EXAMPLES floats and 3m vectors of (at most) 16 floats on its stack;
 # larger shapes use torch.
 KERNEL_STACK_BYTES = 2**20
 
@@ -103,7 +104,7 @@ class FullBatchCubicObjective:
             self._labels = labels.contiguous()
             self._tiles = _kernel_tiles(inputs, self._kernel.lanes())
             self._gradient = torch.empty(width, dim, **like)
-            self._partials = torch.empty(0, width, dim, **like)  # sized to torch's thread count when used
+            self._scratch = torch.empty(0, **like)  # the kernel's sums, sized when used
             return
         if chunk is None:
             chunk = n if inputs.device.type == "cuda" else max(1, CPU_CHUNK_BYTES // inputs[0].nbytes)
@@ -136,9 +137,17 @@ class FullBatchCubicObjective:
         self, weight: torch.Tensor, outputs: torch.Tensor, gradient: torch.Tensor
     ) -> torch.Tensor:
         """f_W(X_i) into `outputs` (N,) and the loss term's gradient into `gradient` (m, d), by the C kernel
-        (engine "compiled"); returns `gradient`."""
-        shape = tuple(self._gradient.shape)
-        buffers = {"weight": (weight, shape), "gradient": (gradient, shape), "outputs": (outputs, (self.n,))}
+        (engine "compiled"); returns `gradient`. Several runs on this data: weights (R, m, d), outputs
+        (R, N) and gradients (R, m, d), in one pass over the data, each run's bits as alone."""
+        if self._kernel is None:
+            raise ValueError(f"kernel_pass needs the compiled engine; this objective's is {self.engine!r}")
+        runs = weight.shape[:-2] if weight.dim() == 3 else ()
+        shape = (*runs, *self._gradient.shape)
+        buffers = {
+            "weight": (weight, shape),
+            "gradient": (gradient, shape),
+            "outputs": (outputs, (*runs, self.n)),
+        }
         for name, (tensor, needed) in buffers.items():
             layout = (tuple(tensor.shape), tensor.dtype, tensor.device.type)
             contiguous = name == "weight" or tensor.is_contiguous()  # the kernel writes raw memory
@@ -149,19 +158,21 @@ class FullBatchCubicObjective:
                     f"objective's kernel needs shape {needed}, float32, on the CPU{written}"
                 )
         weight = weight.detach().contiguous()
-        threads = torch.get_num_threads()  # the kernel uses torch's thread count
-        if len(self._partials) != threads - 1:  # the other threads' gradient sums
-            self._partials = torch.empty(threads - 1, *shape)
+        count, threads = math.prod(runs), torch.get_num_threads()  # the kernel uses torch's thread count
+        needed = self._kernel.scratch_floats(count, threads)  # lane sums and the other threads' sums
+        if len(self._scratch) < needed:
+            self._scratch = torch.empty(needed)
         self._kernel.cubic_objective(
             self._tiles.data_ptr(),
             self._labels.data_ptr(),
             weight.data_ptr(),
+            count,
             self.n,
             threads,
             openmp_usable(),
             outputs.data_ptr(),
             gradient.data_ptr(),
-            self._partials.data_ptr(),
+            self._scratch.data_ptr(),
         )
         return gradient
 
@@ -195,15 +206,16 @@ def _cubic_kernel(width: int, dim: int, patches: int, inputs: torch.Tensor) -> c
     """The C kernel for these shapes, where it applies (CPU, float32, a stack that fits) and builds."""
     if inputs.device.type != "cpu" or inputs.dtype != torch.float32:
         return None
-    if 4 * width * (16 * dim + patches * KERNEL_EXAMPLES) > KERNEL_STACK_BYTES:
+    if 4 * width * (patches * KERNEL_EXAMPLES + 3 * 16) > KERNEL_STACK_BYTES:
         return None
     constants = (("WIDTH", width), ("DIM", dim), ("PATCHES", patches), ("EXAMPLES", KERNEL_EXAMPLES))
     kernel = load_kernel("models/cubic_objective.c", constants)
     if kernel is not None:
         pointer, size = ctypes.c_void_p, ctypes.c_long
-        arguments = [pointer] * 3 + [size, size, ctypes.c_int] + [pointer] * 3  # see cubic_objective.c
+        arguments = [pointer] * 3 + [size, size, size, ctypes.c_int] + [pointer] * 3  # see cubic_objective.c
         kernel.cubic_objective.argtypes = arguments
         kernel.cubic_objective.restype = None
+        kernel.scratch_floats.argtypes, kernel.scratch_floats.restype = [size, size], size
     return kernel
 
 

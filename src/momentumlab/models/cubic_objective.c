@@ -8,9 +8,11 @@
    t = p·EXAMPLES + e of a tile (patch p of its example e) is lane t % LANES of block t / LANES. Per tile,
    the forward products ⟨w_r, X[j]⟩ of a block are LANES columns at once (WIDTH accumulators, the block read
    once, in order), then f and c of the tile's examples, then the gradient products while the tile is in
-   cache; the gradient's partial sums stay in LANES lanes until the end. Examples past n (padding of the
-   last tile) are zero and get c = 0. With several threads each takes a contiguous range of tiles and its
-   own gradient sum; the sums are added in thread order, so a given thread count gives the same bits.
+   cache; the gradient's partial sums stay in LANES lanes until the end. Several weights (runs on the same
+   data) are passed over each tile in turn while it is in cache, so the data is read from memory once for
+   all of them; each run's arithmetic is the same as alone, in the same order. Examples past n (padding of
+   the last tile) are zero and get c = 0. With several threads each takes a contiguous range of tiles and
+   its own gradient sums; the sums are added in thread order, so a given thread count gives the same bits.
    Built with -fopenmp, the threads are those of the OpenMP runtime torch has loaded (libgomp.so.1 is
    resolved to the copy already in the process), so the kernel runs on torch's warm workers instead of
    competing with them while they spin after torch's last parallel op. The caller asks for pthreads
@@ -44,86 +46,100 @@ int lanes(void) { return LANES; }
 
 int openmp(void) { return OPENMP; } /* whether it was built with OpenMP */
 
-/* Examples [first, last) (first a multiple of EXAMPLES) of n: f into outputs, their gradient sum. */
-static void pass(const float *restrict tiles, const float *restrict labels, const float *restrict weight,
-                 long first_example, long last, long n, float *restrict outputs, float *restrict gradient)
+/* One tile's examples [first, first + EXAMPLES) ∩ [0, n) for one run: f into outputs, the gradient's
+   lanes added to sums. */
+static void tile_pass(const data_vec *restrict x, const float *restrict labels, const float *restrict weight,
+                      long first, long n, float *restrict outputs, vec (*restrict sums)[DIM])
 {
-    vec sums[WIDTH][DIM];
     vec z[WIDTH][BLOCKS]; /* ⟨w_r, X[j]⟩ of the tile's columns, then c·⟨w_r, X[j]⟩² */
     float f[EXAMPLES], coefficients[EXAMPLES];
     const float scale = -3.0f / (float)n;
+    for (long block = 0; block < BLOCKS; block++) {
+        const data_vec *restrict columns = x + block * DIM;
+        vec products[WIDTH];
+        for (long r = 0; r < WIDTH; r++) products[r] = (vec){0};
+        for (long k = 0; k < DIM; k++) {
+            vec column = columns[k];
+#pragma GCC unroll 16
+            for (long r = 0; r < WIDTH; r++) products[r] += weight[r * DIM + k] * column; /* ⟨w_r, X[j]⟩ */
+        }
+        for (long r = 0; r < WIDTH; r++) z[r][block] = products[r];
+    }
+    float *values = (float *)z; /* z[r] as COLUMNS floats */
+    for (long e = 0; e < EXAMPLES; e++) f[e] = 0.0f;
     for (long r = 0; r < WIDTH; r++)
-        for (long k = 0; k < DIM; k++) sums[r][k] = (vec){0};
-    for (long first = first_example; first < last; first += EXAMPLES) {
-        const data_vec *restrict x = (const data_vec *)(tiles + (first / EXAMPLES) * DIM * COLUMNS);
-        for (long block = 0; block < BLOCKS; block++) {
-            const data_vec *restrict columns = x + block * DIM;
-            vec products[WIDTH];
-            for (long r = 0; r < WIDTH; r++) products[r] = (vec){0};
-            for (long k = 0; k < DIM; k++) {
-                vec column = columns[k];
-#pragma GCC unroll 16
-                for (long r = 0; r < WIDTH; r++) products[r] += weight[r * DIM + k] * column; /* ⟨w_r, X[j]⟩ */
+        for (long p = 0; p < PATCHES; p++)
+            for (long e = 0; e < EXAMPLES; e++) {
+                float v = values[r * COLUMNS + p * EXAMPLES + e];
+                f[e] += v * v * v; /* f_i = Σ_r Σ_j ⟨w_r, X_i[j]⟩³ */
             }
-            for (long r = 0; r < WIDTH; r++) z[r][block] = products[r];
-        }
-        float *values = (float *)z; /* z[r] as COLUMNS floats */
-        for (long e = 0; e < EXAMPLES; e++) f[e] = 0.0f;
-        for (long r = 0; r < WIDTH; r++)
-            for (long p = 0; p < PATCHES; p++)
-                for (long e = 0; e < EXAMPLES; e++) {
-                    float v = values[r * COLUMNS + p * EXAMPLES + e];
-                    f[e] += v * v * v; /* f_i = Σ_r Σ_j ⟨w_r, X_i[j]⟩³ */
-                }
-        long count = last - first < EXAMPLES ? last - first : EXAMPLES;
-        for (long e = 0; e < EXAMPLES; e++) coefficients[e] = 0.0f;
-        for (long e = 0; e < count; e++) {
-            float y = labels[first + e];
-            outputs[first + e] = f[e];
-            coefficients[e] = scale * y / (1.0f + expf(y * f[e])); /* c_i = −3 y_i σ(−y_i f_i) / N */
-        }
-        for (long r = 0; r < WIDTH; r++)
-            for (long p = 0; p < PATCHES; p++)
-                for (long e = 0; e < EXAMPLES; e++) {
-                    float v = values[r * COLUMNS + p * EXAMPLES + e];
-                    values[r * COLUMNS + p * EXAMPLES + e] = coefficients[e] * v * v;
-                }
-        for (long k0 = 0; k0 < DIM; k0 += ROWS_AT_ONCE) {
-            vec partial[WIDTH][ROWS_AT_ONCE];
-            for (long r = 0; r < WIDTH; r++)
-                for (long j = 0; j < ROWS_AT_ONCE; j++) partial[r][j] = (vec){0};
-            for (long block = 0; block < BLOCKS; block++) {
-                const data_vec *restrict rows = x + block * DIM + k0;
-#pragma GCC unroll 16
-                for (long j = 0; j < ROWS_AT_ONCE; j++) {
-                    if (k0 + j >= DIM) break;
-                    vec row = rows[j];
-#pragma GCC unroll 16
-                    for (long r = 0; r < WIDTH; r++) partial[r][j] += z[r][block] * row; /* c⟨w_r,X[j]⟩² X[j]_k */
-                }
-            }
-            for (long r = 0; r < WIDTH; r++)
-                for (long j = 0; j < ROWS_AT_ONCE && k0 + j < DIM; j++) sums[r][k0 + j] += partial[r][j];
-        }
+    long count = n - first < EXAMPLES ? n - first : EXAMPLES;
+    for (long e = 0; e < EXAMPLES; e++) coefficients[e] = 0.0f;
+    for (long e = 0; e < count; e++) {
+        float y = labels[first + e];
+        outputs[first + e] = f[e];
+        coefficients[e] = scale * y / (1.0f + expf(y * f[e])); /* c_i = −3 y_i σ(−y_i f_i) / N */
     }
     for (long r = 0; r < WIDTH; r++)
-        for (long k = 0; k < DIM; k++) {
-            float sum = 0.0f;
-            for (long l = 0; l < LANES; l++) sum += sums[r][k][l];
-            gradient[r * DIM + k] = sum;
+        for (long p = 0; p < PATCHES; p++)
+            for (long e = 0; e < EXAMPLES; e++) {
+                float v = values[r * COLUMNS + p * EXAMPLES + e];
+                values[r * COLUMNS + p * EXAMPLES + e] = coefficients[e] * v * v;
+            }
+    for (long k0 = 0; k0 < DIM; k0 += ROWS_AT_ONCE) {
+        vec partial[WIDTH][ROWS_AT_ONCE];
+        for (long r = 0; r < WIDTH; r++)
+            for (long j = 0; j < ROWS_AT_ONCE; j++) partial[r][j] = (vec){0};
+        for (long block = 0; block < BLOCKS; block++) {
+            const data_vec *restrict rows = x + block * DIM + k0;
+#pragma GCC unroll 16
+            for (long j = 0; j < ROWS_AT_ONCE; j++) {
+                if (k0 + j >= DIM) break;
+                vec row = rows[j];
+#pragma GCC unroll 16
+                for (long r = 0; r < WIDTH; r++) partial[r][j] += z[r][block] * row; /* c⟨w_r,X[j]⟩² X[j]_k */
+            }
         }
+        for (long r = 0; r < WIDTH; r++)
+            for (long j = 0; j < ROWS_AT_ONCE && k0 + j < DIM; j++) sums[r][k0 + j] += partial[r][j];
+    }
+}
+
+/* Examples [first, last) (first a multiple of EXAMPLES) of n for each of `runs` weights (WIDTH × DIM
+   each): f into outputs (runs × n), each run's gradient sum into gradients (runs × WIDTH × DIM), its
+   lanes in sums (runs × WIDTH × DIM vectors) until the end. */
+static void pass(const float *restrict tiles, const float *restrict labels, const float *restrict weights,
+                 long runs, long first_example, long last, long n, float *restrict outputs,
+                 float *restrict gradients, vec (*restrict sums)[WIDTH][DIM])
+{
+    for (long run = 0; run < runs; run++)
+        for (long r = 0; r < WIDTH; r++)
+            for (long k = 0; k < DIM; k++) sums[run][r][k] = (vec){0};
+    for (long first = first_example; first < last; first += EXAMPLES) {
+        const data_vec *restrict x = (const data_vec *)(tiles + (first / EXAMPLES) * DIM * COLUMNS);
+        for (long run = 0; run < runs; run++) /* the tile stays in cache for every run */
+            tile_pass(x, labels, weights + run * WIDTH * DIM, first, n, outputs + run * n, sums[run]);
+    }
+    for (long run = 0; run < runs; run++)
+        for (long r = 0; r < WIDTH; r++)
+            for (long k = 0; k < DIM; k++) {
+                float sum = 0.0f;
+                for (long l = 0; l < LANES; l++) sum += sums[run][r][k][l];
+                gradients[(run * WIDTH + r) * DIM + k] = sum;
+            }
 }
 
 struct part {
-    const float *tiles, *labels, *weight;
-    long first, last, n;
-    float *outputs, *gradient;
+    const float *tiles, *labels, *weights;
+    long runs, first, last, n;
+    float *outputs, *gradients;
+    vec (*sums)[WIDTH][DIM];
 };
 
 static void *run_part(void *argument)
 {
     struct part *p = argument;
-    pass(p->tiles, p->labels, p->weight, p->first, p->last, p->n, p->outputs, p->gradient);
+    pass(p->tiles, p->labels, p->weights, p->runs, p->first, p->last, p->n, p->outputs, p->gradients, p->sums);
     return NULL;
 }
 
@@ -151,23 +167,30 @@ static void run_parts(struct part *parts, long threads, int openmp)
         else run_part(&parts[t]); /* a thread that did not start */
 }
 
-/* f_i into outputs (n) and ∇ (WIDTH × DIM) into gradient, on up to `threads` threads (OpenMP's when
-   `openmp` is 1 and the kernel has it); `partials` holds (threads − 1) × WIDTH × DIM floats for the other
-   threads' sums. */
-void cubic_objective(const float *tiles, const float *labels, const float *weight, long n, long threads,
-                     int openmp, float *outputs, float *gradient, float *partials)
+/* For `runs` weights (runs × WIDTH × DIM): f_i into outputs (runs × n) and ∇ into gradients
+   (runs × WIDTH × DIM), on up to `threads` threads (OpenMP's when `openmp` is 1 and the kernel has it).
+   `scratch` holds scratch_floats(runs, threads) floats, 64-byte aligned: each thread's lane sums, and the
+   other threads' gradient sums. */
+long scratch_floats(long runs, long threads) { return runs * WIDTH * DIM * (threads * LANES + threads - 1); }
+
+void cubic_objective(const float *tiles, const float *labels, const float *weights, long runs, long n,
+                     long threads, int openmp, float *outputs, float *gradients, float *scratch)
 {
     long tile_count = (n + EXAMPLES - 1) / EXAMPLES;
     long most = tile_count / TILES_PER_THREAD;
+    long granted = threads;
     if (threads > most) threads = most;
     if (threads < 1) threads = 1;
+    vec (*sums)[WIDTH][DIM] = (vec (*)[WIDTH][DIM])scratch;
+    float *partials = scratch + runs * WIDTH * DIM * LANES * granted;
     struct part parts[threads];
     for (long t = 0; t < threads; t++) {
         long first = tile_count * t / threads * EXAMPLES, last = tile_count * (t + 1) / threads * EXAMPLES;
-        parts[t] = (struct part){tiles, labels, weight, first, last < n ? last : n, n, outputs,
-                                 t == 0 ? gradient : partials + (t - 1) * WIDTH * DIM};
+        parts[t] = (struct part){tiles, labels, weights, runs, first, last < n ? last : n, n, outputs,
+                                 t == 0 ? gradients : partials + (t - 1) * runs * WIDTH * DIM,
+                                 sums + t * runs};
     }
     run_parts(parts, threads, openmp);
     for (long t = 1; t < threads; t++)
-        for (long i = 0; i < WIDTH * DIM; i++) gradient[i] += parts[t].gradient[i];
+        for (long i = 0; i < runs * WIDTH * DIM; i++) gradients[i] += parts[t].gradients[i];
 }

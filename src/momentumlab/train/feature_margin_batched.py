@@ -5,7 +5,7 @@ together; they may differ in seed (hence in data and initialization), update rul
 momentum and λ. Their weights are stacked into one (R, m, d) tensor, and the update and the
 minibatch products are batched over runs:
 
-- full batch: on the CPU in float32, each run's (L, ∇L) by the C kernel of
+- full batch: on the CPU in float32, (L, ∇L) of a dataset's runs by one pass of the C kernel of
   :class:`~momentumlab.models.cubic_cnn.FullBatchCubicObjective` (one tiled copy of each dataset); on a
   GPU, in float64 or without a compiler, the R_k runs sharing a dataset form one (R_k·m, d) matrix
   against that dataset's (d, N·P) transposed data, and datasets with equally many runs share one `bmm`
@@ -23,6 +23,7 @@ one checkpoint per run in the single-run format, so either trainer resumes what 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -161,20 +162,20 @@ class _StackedFullBatch:
 
 
 class _KernelFullBatch:
-    """Full-batch (L without λ, ∇L without λW): each run's outputs and gradient by the C kernel, then the
-    losses of all runs at once. For 32 default runs on 2 threads it is 1.5-2× faster than the
-    stacked `bmm`, whose products alone run at ~80 GFLOP/s where the kernel runs at ~130
-    (benchmarks/sweep_throughput.py)."""
+    """Full-batch (L without λ, ∇L without λW): the outputs and gradients of each dataset's runs (contiguous
+    in the stack) by one pass of the C kernel over that dataset, then the losses of all runs at once."""
 
-    def __init__(self, objectives: list[FullBatchCubicObjective]):
-        self.objectives = objectives  # run r's; runs on one dataset share one
-        self.neg_labels = torch.stack([objective.neg_labels for objective in objectives])  # (R, N)
+    def __init__(self, objectives: list[tuple[FullBatchCubicObjective, slice]]):
+        self.objectives = objectives  # each dataset's objective and its runs
+        self.neg_labels = torch.cat(
+            [objective.neg_labels.expand(runs.stop - runs.start, -1) for objective, runs in objectives]
+        )  # (R, N)
         self.outputs = torch.empty_like(self.neg_labels)  # f_i of each run
 
     def __call__(self, weight: torch.Tensor, losses: torch.Tensor, gradients: torch.Tensor) -> None:
         """Write each run's loss into `losses` (R,) and gradient into `gradients` (R, m, d)."""
-        for run, objective in enumerate(self.objectives):
-            objective.kernel_pass(weight[run], self.outputs[run], gradients[run])
+        for objective, runs in self.objectives:
+            objective.kernel_pass(weight[runs], self.outputs[runs], gradients[runs])
         margins = self.outputs * self.neg_labels  # −y_i f_i
         torch.mean(F.softplus(margins), dim=1, out=losses)  # L = mean of log(1 + e^(−y_i f_i))
 
@@ -185,15 +186,20 @@ def _full_batch(
     bucket_seeds: list[tuple[list[int], int]],
     width: int,
 ) -> _KernelFullBatch | _StackedFullBatch:
-    """The full-batch objective of the runs (run r on dataset `run_seeds[r]`): the kernel's where it runs."""
+    """The full-batch objective of the runs (run r on dataset `run_seeds[r]`, each dataset's runs
+    contiguous): the kernel's where it runs."""
     inputs = next(iter(data.values())).train.inputs
     if inputs.device.type == "cpu" and inputs.dtype == torch.float32:
-        objectives = {
-            seed: FullBatchCubicObjective(dataset.train.inputs, dataset.train.labels, width, l2=0.0)
-            for seed, dataset in data.items()
-        }
-        if all(objective.engine == "compiled" for objective in objectives.values()):
-            return _KernelFullBatch([objectives[seed] for seed in run_seeds])
+        objectives = []
+        for seed, group in itertools.groupby(range(len(run_seeds)), key=run_seeds.__getitem__):
+            runs = list(group)
+            dataset = data[seed].train
+            objective = FullBatchCubicObjective(dataset.inputs, dataset.labels, width, l2=0.0)
+            if objective.engine != "compiled":  # the datasets share one shape: none would be
+                break
+            objectives.append((objective, slice(runs[0], runs[-1] + 1)))
+        else:
+            return _KernelFullBatch(objectives)
     return _StackedFullBatch(
         [([data[seed].train for seed in seeds], size) for seeds, size in bucket_seeds], width
     )
