@@ -163,7 +163,9 @@ class _StackedFullBatch:
 
 class _KernelFullBatch:
     """Full-batch (L without λ, ∇L without λW): the outputs and gradients of each dataset's runs (contiguous
-    in the stack) by one pass of the C kernel over that dataset, then the losses of all runs at once."""
+    in the stack) by one pass of the C kernel over that dataset, then the losses of all runs at once. For
+    32 default runs on 2 threads the step is ~2× faster than the stacked `bmm` path, and one pass per
+    dataset 1.1-1.5× faster than one per run (benchmarks/sweep_throughput.py)."""
 
     def __init__(self, objectives: list[tuple[FullBatchCubicObjective, slice]]):
         self.objectives = objectives  # each dataset's objective and its runs
