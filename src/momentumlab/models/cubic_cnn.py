@@ -161,7 +161,7 @@ class FullBatchCubicObjective:
         count, threads = math.prod(runs), torch.get_num_threads()  # the kernel uses torch's thread count
         needed = self._kernel.scratch_floats(count, threads)  # lane sums and the other threads' sums
         if len(self._scratch) < needed:
-            self._scratch = torch.empty(needed)
+            self._scratch = torch.empty(needed, dtype=torch.float32)  # torch aligns it to 64 bytes
         self._kernel.cubic_objective(
             self._tiles.data_ptr(),
             self._labels.data_ptr(),
