@@ -123,7 +123,8 @@ class FullBatchCubicObjective:
     def loss_and_gradient(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (L(W), ∇L(W)); the gradient tensor is a buffer reused by the next call."""
         if self._kernel is not None:
-            gradient = self.kernel_pass(weight, self.outputs, self._gradient)
+            _check_kernel_buffer("weight", weight, tuple(self._gradient.shape))  # its own buffers fit
+            gradient = self._run_kernel(weight, self.outputs, self._gradient, runs=1)
         else:
             gradient = self._torch_pass(weight)
         margins = torch.mul(self.outputs, self.neg_labels, out=self._margins)  # −y_i f_i
@@ -143,30 +144,25 @@ class FullBatchCubicObjective:
             raise ValueError(f"kernel_pass needs the compiled engine; this objective's is {self.engine!r}")
         runs = weight.shape[:-2] if weight.dim() == 3 else ()
         shape = (*runs, *self._gradient.shape)
-        buffers = {
-            "weight": (weight, shape),
-            "gradient": (gradient, shape),
-            "outputs": (outputs, (*runs, self.n)),
-        }
-        for name, (tensor, needed) in buffers.items():
-            layout = (tuple(tensor.shape), tensor.dtype, tensor.device.type)
-            contiguous = name == "weight" or tensor.is_contiguous()  # the kernel writes raw memory
-            if layout != (needed, torch.float32, "cpu") or not contiguous:
-                written = "" if name == "weight" else ", contiguous"  # a weight is copied when it is not
-                raise ValueError(
-                    f"{name} of shape {tuple(tensor.shape)}, {tensor.dtype} on {tensor.device.type}: the "
-                    f"objective's kernel needs shape {needed}, float32, on the CPU{written}"
-                )
+        _check_kernel_buffer("weight", weight, shape)
+        _check_kernel_buffer("gradient", gradient, shape)
+        _check_kernel_buffer("outputs", outputs, (*runs, self.n))
+        return self._run_kernel(weight, outputs, gradient, math.prod(runs))
+
+    def _run_kernel(
+        self, weight: torch.Tensor, outputs: torch.Tensor, gradient: torch.Tensor, runs: int
+    ) -> torch.Tensor:
+        """The kernel's pass for `runs` runs on checked buffers; returns `gradient`."""
         weight = weight.detach().contiguous()
-        count, threads = math.prod(runs), torch.get_num_threads()  # the kernel uses torch's thread count
-        needed = self._kernel.scratch_floats(count, threads)  # lane sums and the other threads' sums
+        threads = torch.get_num_threads()  # the kernel uses torch's thread count
+        needed = self._kernel.scratch_floats(runs, threads)  # lane sums and the other threads' sums
         if len(self._scratch) < needed:
             self._scratch = torch.empty(needed, dtype=torch.float32)  # torch aligns it to 64 bytes
         self._kernel.cubic_objective(
             self._tiles.data_ptr(),
             self._labels.data_ptr(),
             weight.data_ptr(),
-            count,
+            runs,
             self.n,
             threads,
             openmp_usable(),
@@ -200,6 +196,19 @@ class FullBatchCubicObjective:
             else:
                 self._gradient_t.addmm_(inputs_t, squares.T)
         return self._gradient_t.T
+
+
+def _check_kernel_buffer(name: str, tensor: torch.Tensor, needed: tuple[int, ...]) -> None:
+    """A ValueError naming `name` unless `tensor` has the shape `needed`, float32, on the CPU, and (written
+    by the kernel, which writes raw memory) is contiguous; a weight is copied when it is not."""
+    layout = (tuple(tensor.shape), tensor.dtype, tensor.device.type)
+    contiguous = name == "weight" or tensor.is_contiguous()
+    if layout != (needed, torch.float32, "cpu") or not contiguous:
+        written = "" if name == "weight" else ", contiguous"
+        raise ValueError(
+            f"{name} of shape {tuple(tensor.shape)}, {tensor.dtype} on {tensor.device.type}: the "
+            f"objective's kernel needs shape {needed}, float32, on the CPU{written}"
+        )
 
 
 def _cubic_kernel(width: int, dim: int, patches: int, inputs: torch.Tensor) -> ctypes.CDLL | None:
