@@ -22,11 +22,12 @@ trains no faster on two threads than on one). A thread shares the interpreter's 
 process shares only the machine, but needs the model, the loss and the metrics picklable and importable
 (module-level definitions, a script's training under ``if __name__ == "__main__":``; not lambdas or
 classes of a notebook) and takes a few seconds to start and warm up, once, at construction. On the digits
-CNN of ``benchmarks/monitor_overhead.py`` (a measurement every 100 steps, 8 paired runs on a 2-core VM)
-they cost 1.19× and 1.14× against 1.77× in the loop, where the plain loop beside a process doing HVPs
-back to back runs 1.11× slower. Rows then reach :meth:`table` and the loggers when they are done, in step
-order; at most two measurements are outstanding (the loop waits for the older one), and :meth:`table`,
-:meth:`save` and :meth:`close` wait for all. Both need ``mode="eval"`` (eval-mode probes do not touch the
+CNN of ``benchmarks/monitor_overhead.py`` (a measurement every 100 steps, medians of paired runs on a
+2-core VM) they cost 1.07× and 1.07× against 1.64–1.82× in the loop, where the plain loop beside a process
+doing HVPs back to back runs 1.02–1.04× slower (on a VM where that was 1.11×: 1.19× and 1.14×). Rows then
+reach :meth:`table` and the loggers when they are done, in step order; at most two measurements are
+outstanding (the loop waits for the older one), and :meth:`table`, :meth:`save` and :meth:`close` wait
+for all. Both need ``mode="eval"`` (eval-mode probes do not touch the
 global RNG the loop draws from) and pay off only with a spare core: with torch's intra-op threads on
 every core the worker and the loop compete (set ``torch.set_num_threads``).
 
