@@ -217,12 +217,6 @@ def record_products(work: Callable[[], object]) -> list[RecordedProduct]:
     return recorded
 
 
-def replay_seconds(products: Sequence[RecordedProduct], repeats: int = 20) -> float:
-    """Least time to run `products` alone, one after another, with fresh tensors of the recorded sizes
-    and strides: the time the step's matmuls take with nothing else in the step."""
-    return best_seconds(replay(products), repeats)
-
-
 def replay(products: Sequence[RecordedProduct]) -> Callable[[], None]:
     """A function that runs `products` alone, one after another, on fresh tensors of the recorded sizes
     and strides (made once)."""

@@ -26,9 +26,12 @@ cannot be faster than its products, so where one run already computes near the `
 batch students), batching cannot give 10×.
 
 Every training run is timed REPEATS times and the least counts (the naive loop's, minutes long, once).
-Per-step times are differences between two run lengths, so setup cancels; the speed-ups are end to end
-(drawing data, building models, the first and last logged rows), since that is what a sweep costs;
-logging and checkpoints are otherwise off. Every limit is measured in this run, at the same thread count.
+A feature–margin step is the difference between two run lengths, so setup cancels. A student's step is
+timed epoch by epoch, between the engine's calls before each epoch (all epochs but the first and the
+last, of every repeat): the least and the median are printed, since on a shared VM single differences
+of whole runs moved a group's fraction by 2x. The speed-ups are end to end (drawing data, building
+models, the first and last logged rows), since that is what a sweep costs; logging and checkpoints are
+otherwise off. Every limit is measured in this run, at the same thread count.
 
     python benchmarks/sweep_throughput.py [--suite {feature-margin,students,all}] [--steps 200] [--epochs 30]
                                           [--runs 32] [--threads N]
@@ -38,7 +41,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
+import statistics
 from collections.abc import Callable, Iterator
 
 import torch
@@ -46,12 +51,13 @@ import torch._dynamo  # torch.optim imports it on first use: here, that second s
 from machine_limits import (
     FLOAT_BYTES,
     Product,
+    clock,
     clock_name,
     fraction_line,
     measure_bandwidth,
     measure_matmul,
     record_products,
-    replay_seconds,
+    replay,
     seconds,
 )
 
@@ -111,16 +117,39 @@ def report(label: str, run_steps: int, elapsed: float) -> float:
     return run_steps / elapsed
 
 
-def batched_products(work: Callable[[], object], evaluations: int) -> tuple[float, float]:
-    """(FLOPs, seconds alone) per evaluation of the batched (3-D) products that `work` calls `evaluations`
-    times (2-D products: the single-run measurements at logged rows, not part of a step)."""
+def batched_products(
+    work: Callable[[], object], evaluations: int, samples: int = 20
+) -> tuple[float, float, float]:
+    """(FLOPs, least and median seconds alone over `samples` replays) per evaluation of the batched (3-D)
+    products that `work` calls `evaluations` times (2-D products: the single-run measurements at logged
+    rows, not part of a step)."""
     products = [p for p in record_products(work) if len(p.args[-1].size) == 3]
-    return sum(p.flops for p in products) / evaluations, replay_seconds(products) / evaluations
+    alone = replay(products)
+    alone()  # warm
+    times = [seconds(alone) / evaluations for _ in range(samples)]
+    return sum(p.flops for p in products) / evaluations, min(times), statistics.median(times)
 
 
 def least_seconds(work: Callable[[], object]) -> float:
     """Least time of REPEATS calls of `work` (a whole training run)."""
     return min(seconds(work) for _ in range(REPEATS))
+
+
+def timed_epochs(
+    train: Callable[[Callable[[int], None]], object], per_epoch: int
+) -> tuple[float, float, float]:
+    """(least seconds of a whole run, least and median seconds of a step) over REPEATS calls of
+    `train(on_step)`. Each epoch is timed from its `on_step` call to the next epoch's, leaving out the first
+    (warm-up) and the last (no call follows it; the last logged row is measured there), so neither setup
+    nor measurements count in a step."""
+    runs, steps = [], []
+    for _ in range(REPEATS):
+        marks = []
+        started = clock()
+        train(lambda epoch, marks=marks: marks.append(clock()))
+        runs.append(clock() - started)
+        steps += [(after - before) / per_epoch for before, after in itertools.pairwise(marks[1:])]
+    return min(runs), min(steps), statistics.median(steps)
 
 
 def batched_step(runs: int, steps: int) -> tuple[float, float]:
@@ -174,7 +203,7 @@ def feature_margin_suite(runs: int, steps: int) -> None:
     with native_kernels_off():
         one_step = [feature_margin_config(seed, lr, 1) for seed, lr in grid(runs)]
         # a 1-step run evaluates the full batch twice: at step 0 and after the last step
-        _, products = batched_products(lambda: train_batched(one_step, [None] * runs), evaluations=2)
+        _, products, _ = batched_products(lambda: train_batched(one_step, [None] * runs), evaluations=2)
         stacked_step = batched_step(runs, steps)[0]
     print(
         f"  the stacked `bmm` path (MOMENTUMLAB_NATIVE=0): step {1e3 * stacked_step:.2f} ms, its products alone "
@@ -221,7 +250,6 @@ def students_suite(runs: int, epochs: int) -> None:
         f"timed by {clock_name()}"
     )
     totals = {"batched": 0.0, "sequential": 0.0}
-    short_epochs = max(1, epochs // 5)
     for architecture in STUDENT_WIDTHS:
         for batch_size in (None, MINIBATCH):
 
@@ -229,17 +257,19 @@ def students_suite(runs: int, epochs: int) -> None:
                 return [student_config(architecture, batch_size, s, lr, epochs) for s, lr in grid(runs)]
 
             configs, per_epoch = batch(epochs), steps_per_epoch(batch(epochs)[0])
-            flops, alone = batched_products(
-                lambda: train_students_batched(batch(1), [None] * runs), evaluations=per_epoch
+            flops, alone, alone_typical = batched_products(  # as many replays as epochs are timed
+                lambda: train_students_batched(batch(1), [None] * runs), per_epoch, REPEATS * (epochs - 2)
             )
-            short = least_seconds(lambda: train_students_batched(batch(short_epochs), [None] * runs))
-            batched = least_seconds(lambda configs=configs: train_students_batched(configs, [None] * runs))
-            step = (batched - short) / ((epochs - short_epochs) * per_epoch)
+            batched, step, typical = timed_epochs(
+                lambda on_step, configs=configs: train_students_batched(
+                    configs, [None] * runs, on_step=on_step
+                ),
+                per_epoch,
+            )
             sequential = least_seconds(lambda configs=configs: [train_student(c) for c in configs])
-            one = least_seconds(lambda: train_student(batch(epochs)[0])) - least_seconds(
-                lambda: train_student(batch(short_epochs)[0])
+            _, one_step, one_typical = timed_epochs(  # one run's step in train_student()
+                lambda on_step, configs=configs: train_student(configs[0], on_step=on_step), per_epoch
             )
-            one_step = one / ((epochs - short_epochs) * per_epoch)  # one run's step in train_student()
             totals["batched"] += batched
             totals["sequential"] += sequential
             label = f"{architecture} (width {STUDENT_WIDTHS[architecture]}), " + (
@@ -248,13 +278,14 @@ def students_suite(runs: int, epochs: int) -> None:
             print(
                 f"  {label:36s} step of {runs} runs {1e3 * step:7.3f} ms = {flops / step / 1e9:5.1f} GFLOP/s; "
                 f"its bmm alone {1e3 * alone:7.3f} ms = {flops / alone / 1e9:5.1f} GFLOP/s: "
-                f"at {alone / step:5.1%} of bmm throughput"
+                f"at {alone / step:5.1%} of bmm throughput (medians: step {1e3 * typical:.3f} ms, bmm "
+                f"{1e3 * alone_typical:.3f} ms, {alone_typical / typical:.1%})"
             )
             print(
                 f"  {'':36s} per step: train_student() {1e3 * one_step:6.3f} ms per run "
                 f"({flops / runs / one_step / 1e9:4.1f} GFLOP/s), × {runs} runs: {runs * one_step / step:.2f}x "
-                f"the batched step; the most batching allows (the step at its bmm alone): "
-                f"{runs * one_step / alone:.2f}x"
+                f"the batched step (medians: {runs * one_typical / typical:.2f}x); the most batching allows "
+                f"(the step at its bmm alone): {runs * one_step / alone:.2f}x"
             )
             print(
                 f"  {'':36s} end to end: batched {batched:6.2f} s, train_student() one after another "
@@ -274,6 +305,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.epochs < 3:
+        parser.error(
+            f"--epochs {args.epochs}: a step is timed over the epochs between the first and the last (>= 3)"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.suite in ("feature-margin", "all"):

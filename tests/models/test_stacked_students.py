@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -75,3 +77,20 @@ def test_parameters_are_left_unchanged_and_buffers_carry_nothing_over(architectu
         expected = fresh.loss_and_gradients(subset, fresh.features(second[kept]), labels[kept])
         actual = students.loss_and_gradients(subset, students.features(second[kept]), labels[kept])
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("kernel", [5, 4, 1])
+def test_kept_minibatch_features_equal_fresh_ones_and_reuse_one_buffer(kernel):
+    """Features written into the kept buffer equal fresh ones exactly, call after call (other windows,
+    fewer runs, another batch size: a new buffer with its ones), and a same-shaped call reuses it."""
+    students = StackedStudents(_stack(_networks("cnn1", 9, kernel, torch.float32)), 9)
+    generator = torch.Generator().manual_seed(3)
+    addresses = []
+    for runs, batch in ((RUNS, BATCH), (RUNS, BATCH), (2, BATCH), (2, 5), (2, 5)):
+        inputs = torch.randn(runs, batch, 9, generator=generator)
+        kept = students.features(inputs, kept=True)
+        assert torch.equal(kept, students.features(inputs))
+        addresses.append(kept.data_ptr())
+    reused = [after == before for before, after in itertools.pairwise(addresses)]
+    assert reused == [True, False, False, True]

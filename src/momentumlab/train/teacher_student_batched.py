@@ -211,7 +211,7 @@ class _Chunk:
             # whole rows by index_select: 4x faster than gather with an expanded index
             inputs = self.inputs.reshape(runs * n, dim).index_select(0, rows).view(runs, batch_size, dim)
             labels = labels.reshape(runs * n).index_select(0, rows).view(runs, batch_size)
-            features = self.students.features(inputs)
+            features = self.students.features(inputs, kept=True)
         loss, gradients = self.students.loss_and_gradients(self.parameters, features, labels)
         penalty = sum(p.square().flatten(1).sum(1) for p in self.parameters.values())
         finite = torch.isfinite(loss + 0.5 * self.weight_decay * penalty)  # L_r + (λ/2)‖θ_r‖²
