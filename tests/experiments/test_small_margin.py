@@ -105,8 +105,10 @@ def test_a_run_that_cannot_be_built_fails_with_the_settings():
 def test_digits_claims_are_the_old_codes_smoke_numbers(digits):
     _, out, _ = digits
     claims = claims_of(out)
-    # the old digits-small-margin with --seeds 0,1 --set train.epochs=40 --set data.train_size=300
-    assert claims["gd-fits-train"]["measured"] == pytest.approx(0.46166667342185974, rel=1e-6)
+    # the old digits-small-margin with --seeds 0,1 --set train.epochs=40 --set data.train_size=300, on an
+    # AVX-512 machine; on an AVX2 one (AMD EPYC) the kernels' other rounding flips one of GD's 600 training
+    # examples after 40 epochs (0.46000), and every other number below is the same there
+    assert claims["gd-fits-train"]["measured"] == pytest.approx(0.46166667342185974, abs=1 / 600 + 1e-6)
     assert claims["gdm-fits-train"]["measured"] == pytest.approx(0.6550000011920929, rel=1e-6)
     detail = claims["gdm-ratio-above-gd"]["detail"]
     # the old claim's value (difference of the mean ratios on the 10% split) is kept in the detail
