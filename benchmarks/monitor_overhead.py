@@ -6,8 +6,9 @@ baseline in the same run.
    batches) without and with ``Monitor(every=100, top_k=1, noise=True)`` — top-1 eigenvalue (Lanczos,
    tol 1e-3, warm-started from the previous eigenvector, over a fixed subset of `--hessian-batch` images)
    and the search-direction noise with C², K and δ estimated on a fixed subset of `--noise-examples`
-   images (the Monitor's defaults, 256 and 256), with the loss over all images — measured in the loop,
-   with ``background="thread"`` and with ``background="process"`` (the probes in a worker on the core the
+   images (the Monitor's defaults, 256 and 256): the target's two quantities; `--evaluate` adds the
+   Monitor's default pass of the loss over all images. Each is measured in the loop, with
+   ``background="thread"`` and with ``background="process"`` (the probes in a worker on the core the
    loop leaves idle: at `--threads 1`, the default, this loop is as fast as on two threads). Each is
    paired with a plain run back to back, `--repeats` pairs, and the median ratio printed; two plain runs
    paired the same way show what the machine's drift alone gives. Target: ≤ 1.10× the plain loop's time.
@@ -25,7 +26,7 @@ baseline in the same run.
    accuracy of the moments. The same comparison at 100 steps for both is printed too.
 
     python benchmarks/monitor_overhead.py [--steps 1000] [--repeats 6] [--hessian-batch 256]
-        [--noise-examples 256] [--probes 8] [--threads 1]
+        [--noise-examples 256] [--probes 8] [--threads 1] [--evaluate] [--skip-density]
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def overhead(inputs, labels, args) -> None:
         "noise": True,
         "hessian_batch": args.hessian_batch,
         "noise_examples": args.noise_examples,
+        "evaluate": args.evaluate,
     }
     variants = {
         "plain (control)": None,
@@ -121,8 +123,9 @@ def overhead(inputs, labels, args) -> None:
     measurement = statistics.median(inside_seconds) / len(table)  # seconds per measurement in the loop
     print(
         f"1. overhead, {args.steps} steps, every 100, {torch.get_num_threads()} intra-op thread(s): top-1 "
-        f"eigenvalue over {args.hessian_batch} images + noise over {args.noise_examples} images + the loss "
-        f"over all {len(inputs)}; {args.repeats} pairs each"
+        f"eigenvalue over {args.hessian_batch} images + noise over {args.noise_examples} images"
+        + (f" + the loss over all {len(inputs)}" if args.evaluate else "")
+        + f"; {args.repeats} pairs each"
     )
     print(
         f"   plain loop {min(plain_seconds):.2f}–{max(plain_seconds):.2f} s; Lanczos HVPs per measurement "
@@ -354,6 +357,9 @@ def main() -> None:
     parser.add_argument("--skip-density", action="store_true", help="only part 1 (the overhead)")
     parser.add_argument("--probes", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--evaluate", action="store_true", help="the loss over all images at each measurement too"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_digits_dataset()

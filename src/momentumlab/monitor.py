@@ -23,8 +23,9 @@ process shares only the machine, but needs the model, the loss and the metrics p
 (module-level definitions, a script's training under ``if __name__ == "__main__":``; not lambdas or
 classes of a notebook) and takes a few seconds to start and warm up, once, at construction. On the digits
 CNN of ``benchmarks/monitor_overhead.py`` (a measurement every 100 steps, medians of paired runs on a
-2-core VM) they cost 1.07× and 1.07× against 1.64–1.82× in the loop, where the plain loop beside a process
-doing HVPs back to back runs 1.02–1.04× slower (on a VM where that was 1.11×: 1.19× and 1.14×). Rows then
+2-core VM, five runs) they cost 1.03–1.13× and 1.04–1.16× against 1.64–1.86× in the loop, where the plain
+loop beside a process doing HVPs back to back ran 0.96–1.14× slower (on a VM where that was 1.11×: 1.19×
+and 1.14×). Rows then
 reach :meth:`table` and the loggers when they are done, in step order; at most two measurements are
 outstanding (the loop waits for the older one), and :meth:`table`, :meth:`save` and :meth:`close` wait
 for all. Both need ``mode="eval"`` (eval-mode probes do not touch the
