@@ -25,12 +25,11 @@ classes of a notebook) and takes a few seconds to start and warm up, once, at co
 CNN of ``benchmarks/monitor_overhead.py`` (a measurement every 100 steps, medians of paired runs on a
 2-core VM, five runs) they cost 1.03–1.13× and 1.04–1.16× against 1.64–1.86× in the loop, where the plain
 loop beside a process doing HVPs back to back ran 0.96–1.14× slower (on a VM where that was 1.11×: 1.19×
-and 1.14×). Rows then
-reach :meth:`table` and the loggers when they are done, in step order; at most two measurements are
-outstanding (the loop waits for the older one), and :meth:`table`, :meth:`save` and :meth:`close` wait
-for all. Both need ``mode="eval"`` (eval-mode probes do not touch the
-global RNG the loop draws from) and pay off only with a spare core: with torch's intra-op threads on
-every core the worker and the loop compete (set ``torch.set_num_threads``).
+and 1.14×). Rows then reach :meth:`table` and the loggers when they are done, in step order; at most two
+measurements are outstanding (the loop waits for the older one), and :meth:`table`, :meth:`save` and
+:meth:`close` wait for all. Both need ``mode="eval"`` (eval-mode probes do not touch the global RNG the
+loop draws from) and pay off only with a spare core: with torch's intra-op threads on every core the
+worker and the loop compete (set ``torch.set_num_threads``).
 
 At step t (t optimizer steps taken, measured when t is a multiple of `every`), one row holds:
 
