@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import raise_at
 
+from momentumlab import native
 from momentumlab.config import validate
 from momentumlab.data.teacher import TeacherDataConfig, make_teacher, make_teacher_data
 from momentumlab.models.mlp import build_network
@@ -288,6 +289,21 @@ def test_batched_runs_equal_the_same_runs_trained_alone(architecture, batch_size
     configs = mixed_batch(architecture, batch_size)
     for record, config in zip(train_students_batched(configs, [None] * len(configs)), configs):
         assert_same_record(record, train_student(config))
+
+
+@pytest.mark.skipif(native.native_compiler() is None, reason="no C compiler")
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_batched_float32_records_are_the_same_with_the_update_kernel_and_without(monkeypatch, batch_size):
+    configs = [
+        config.model_copy(update={"train": config.train.model_copy(update={"dtype": "float32"})})
+        for config in mixed_batch("mlp2", batch_size)
+    ]
+    with_kernel = train_students_batched(configs, [None] * 5)
+    monkeypatch.setenv("MOMENTUMLAB_NATIVE", "0")
+    native.load_kernel.cache_clear()
+    for record, expected in zip(train_students_batched(configs, [None] * 5), with_kernel):
+        assert_same_record(record, expected, tolerance=0)
+    native.load_kernel.cache_clear()
 
 
 def test_a_diverging_run_is_recorded_as_alone_and_leaves_the_others_unchanged():

@@ -1,19 +1,13 @@
 """Many teacher–student runs in one computation, with the results and checkpoints of the reference trainer.
 
 Runs that share the student architecture, the data's shapes, epochs, batch size, logging, dtype and
-device (:func:`student_batch_key`) train together: their parameters are stacked along a leading run
-dimension and evaluated and differentiated by
-:class:`~momentumlab.models.stacked_students.StackedStudents` (batched products and a hand-written
-backward pass, no autograd); each run keeps its own data (seed and teacher), minibatch order (its
-seed, one permutation per epoch), learning rate, momentum rule and weight decay as per-run tensors.
-One update covers every rule of
-:mod:`momentumlab.optim.momentum`:
-
-    b ← μ b + a ∇,   θ ← θ − η (c ∇ + e b)
-    gd: (μ, a, c, e) = (0, 1, 1, 0);  ema_momentum: (γ, 1−γ, 0, 1);  heavy_ball: (μ, 1, 0, 1);
-    nesterov: (μ, 1, 1, μ)
-
-with ∇ the gradient of the run's objective, weight decay included, exactly as
+device (:func:`student_batch_key`) train together: their parameters are the rows of one (R, P) tensor,
+evaluated and differentiated by :class:`~momentumlab.models.stacked_students.StackedStudents` (batched
+products and a hand-written backward pass, no autograd) and stepped by
+:func:`~momentumlab.optim.stacked_update.stacked_update`, one update with per-run coefficients for every
+rule of :mod:`momentumlab.optim.momentum`; each run keeps its own data (seed and teacher), minibatch
+order (its seed, one permutation per epoch), learning rate, momentum rule and weight decay. The
+gradient is that of the run's objective, weight decay included, exactly as
 :func:`~momentumlab.train.teacher_student.train_student` computes it.
 
 Everything a single run's record depends on is delegated to the reference code on that run's own
@@ -50,6 +44,7 @@ from momentumlab.config import content_hash, flatten
 from momentumlab.data.teacher import TeacherData
 from momentumlab.models.stacked_students import StackedStudents
 from momentumlab.optim.momentum import OptimizerConfig, build_optimizer
+from momentumlab.optim.stacked_update import stacked_update, update_coefficients
 from momentumlab.runs.record import RunRecord
 from momentumlab.train.checkpoint import checkpoint_position, load_checkpoint, save_checkpoint
 from momentumlab.train.common import DTYPES, minibatch_indices
@@ -84,17 +79,6 @@ def student_batch_key(config: TeacherStudentRunConfig) -> str:
     return content_hash(_shared_fields(config))
 
 
-def _update_coefficients(optimizer: OptimizerConfig) -> tuple[float, float, float, float]:
-    """(μ, a, c, e) of b ← μb + a∇, θ ← θ − η(c∇ + e b) for the optimizer's rule."""
-    momentum = optimizer.momentum
-    return {
-        "gd": (0.0, 1.0, 1.0, 0.0),
-        "ema_momentum": (momentum, 1 - momentum, 0.0, 1.0),  # g ← γg + (1−γ)∇; θ ← θ − ηg
-        "heavy_ball": (momentum, 1.0, 0.0, 1.0),  # b ← μb + ∇; θ ← θ − hb
-        "nesterov": (momentum, 1.0, 1.0, momentum),  # b ← μb + ∇; θ ← θ − h(∇ + μb)
-    }[optimizer.name]
-
-
 @dataclass
 class _Run:
     """One run's reference objects: its module and optimizer hold its state at rows and checkpoints."""
@@ -124,45 +108,48 @@ class _Chunk:
     def __init__(self, runs: list[_Run]):
         self.runs = runs
         named = [dict(run.model.named_parameters()) for run in runs]
-        self.parameters = {name: torch.stack([p[name].detach() for p in named]) for name in named[0]}
-        self.buffers = {
-            name: torch.stack(
-                [
-                    run.optimizer.state[p[name]].get("momentum_buffer", torch.zeros_like(p[name]))
-                    for run, p in zip(runs, named)
-                ]
-            )
-            for name in named[0]
-        }
-        like = self.parameters["readout.bias"]
-        coefficients = [
-            (run.config.optimizer.lr, *_update_coefficients(run.config.optimizer)) for run in runs
+        self.inputs = torch.stack([run.data.train.inputs for run in runs])
+        self.labels = torch.stack([run.data.train.labels for run in runs])
+        self.students = StackedStudents(
+            {name: p.shape for name, p in named[0].items()}, self.inputs.shape[-1]
+        )
+        buffers = [
+            {
+                name: run.optimizer.state[p].get("momentum_buffer", torch.zeros_like(p))
+                for name, p in n.items()
+            }
+            for run, n in zip(runs, named)
         ]
+        self.parameters, self.buffers = self.pack(named), self.pack(buffers)  # θ and b, (r, P)
+        like = self.parameters
+        coefficients = [(run.config.optimizer.lr, *update_coefficients(run.config.optimizer)) for run in runs]
         self.coefficients = torch.tensor(coefficients, dtype=like.dtype, device=like.device)  # (r, 5)
         self.weight_decay = torch.tensor(
             [run.config.train.weight_decay for run in runs], dtype=like.dtype, device=like.device
         )
-        self.inputs = torch.stack([run.data.train.inputs for run in runs])
-        self.labels = torch.stack([run.data.train.labels for run in runs])
-        self.students = StackedStudents(self.parameters, self.inputs.shape[-1])
         self.features = self.students.features(self.inputs)  # the full batch's, made once
         self.epoch, self.permutations = -1, torch.empty(0)
+
+    def pack(self, per_run: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Each run's tensors by parameter name as a row of the students' layout, (r, P)."""
+        return self.students.pack(
+            {name: torch.stack([run[name].detach() for run in per_run]) for name in per_run[0]}
+        )
 
     def keep(self, kept: torch.Tensor) -> None:
         """Drop the runs where `kept` is False from every stacked tensor."""
         self.runs = [run for run, k in zip(self.runs, kept.tolist()) if k]
-        self.parameters = {name: p[kept] for name, p in self.parameters.items()}
-        self.buffers = {name: b[kept] for name, b in self.buffers.items()}
+        self.parameters, self.buffers = self.parameters[kept], self.buffers[kept]
         self.coefficients, self.weight_decay = self.coefficients[kept], self.weight_decay[kept]
         self.inputs, self.labels, self.features = self.inputs[kept], self.labels[kept], self.features[kept]
         self.epoch = -1
 
     def slice(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Run `index`'s parameters and momentum buffers (views into the stack)."""
-        return (
-            {name: p[index] for name, p in self.parameters.items()},
-            {name: b[index] for name, b in self.buffers.items()},
+        parameters, buffers = (
+            self.students.unpack(flat[index : index + 1]) for flat in (self.parameters, self.buffers)
         )
+        return {name: p[0] for name, p in parameters.items()}, {name: b[0] for name, b in buffers.items()}
 
     def advance(self, step: int, batch_size: int | None, epoch: int) -> None:
         """Step every run; a run whose objective is not finite first leaves, diverged at `epoch`, as in
@@ -207,24 +194,15 @@ class _Chunk:
                 offsets = n * torch.arange(len(self.runs))[:, None]
                 self.epoch, self.permutations = epoch, (torch.stack(permutations) + offsets).to(labels.device)
             rows = self.permutations[:, position * batch_size : (position + 1) * batch_size].flatten()
-            runs, dim = len(self.runs), self.inputs.shape[2]
-            # whole rows by index_select: 4x faster than gather with an expanded index
-            inputs = self.inputs.reshape(runs * n, dim).index_select(0, rows).view(runs, batch_size, dim)
-            labels = labels.reshape(runs * n).index_select(0, rows).view(runs, batch_size)
-            features = self.students.features(inputs, kept=True)
-        loss, gradients = self.students.loss_and_gradients(self.parameters, features, labels)
-        penalty = sum(p.square().flatten(1).sum(1) for p in self.parameters.values())
+            labels = labels.reshape(-1).index_select(0, rows).view(len(self.runs), batch_size)
+            features = self.students.minibatch_features(self.inputs, features, rows)
+        parameters = self.parameters
+        loss, gradient = self.students.loss_and_gradient(parameters, features, labels)
+        penalty = parameters.square().sum(1)  # ‖θ_r‖²
         finite = torch.isfinite(loss + 0.5 * self.weight_decay * penalty)  # L_r + (λ/2)‖θ_r‖²
         if not finite.all():
             return finite
-        lr, momentum, gradient_share, gradient_step, buffer_step = self.coefficients.T
-        for name, parameter in self.parameters.items():
-            shape = (-1,) + (1,) * (parameter.dim() - 1)
-            gradient = gradients[name].addcmul_(parameter, self.weight_decay.view(shape))  # ∇ + λθ
-            buffer = self.buffers[name]
-            buffer.mul_(momentum.view(shape)).addcmul_(gradient, gradient_share.view(shape))  # b ← μb + a∇
-            direction = gradient * gradient_step.view(shape) + buffer * buffer_step.view(shape)
-            parameter.sub_(direction * lr.view(shape))  # θ ← θ − η(c∇ + eb)
+        stacked_update(parameters, self.buffers, gradient, self.coefficients, self.weight_decay)
         return None
 
 
