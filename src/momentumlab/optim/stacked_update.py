@@ -8,9 +8,10 @@ Every rule of :mod:`momentumlab.optim.momentum` is one update with per-run coeff
 
 with λ the coupled weight decay (∇' is the gradient of L + (λ/2)‖θ‖²). The runs' parameters, momentum
 buffers and gradients are rows of (R, P) tensors. On the CPU in float32 the step is the C kernel of
-`stacked_update.c`, one pass where torch takes eight elementwise operations over the rows (0.34 ms of a
-2.2 ms step of 32 one-hidden-layer students at minibatch 100), with the same bits: each product and sum
-is rounded as torch's operation for it rounds, in the same order. Elsewhere, and with
+`stacked_update.c`, one pass where torch takes eight elementwise operations over the rows (for 32
+one-hidden-layer students, P = 4097, on one thread: 0.06 ms against 0.21 ms, in a step of about 2 ms),
+with the same bits: each product and sum is rounded as torch's operation for it rounds, in the same
+order. Elsewhere, and with
 ``MOMENTUMLAB_NATIVE=0``, the step is those torch operations.
 """
 
@@ -58,6 +59,7 @@ def stacked_update(
 
 
 def _kernel_can_take(tensor: torch.Tensor) -> bool:
+    """Whether the kernel, which reads and writes raw float memory on the CPU, can take `tensor`."""
     return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and tensor.is_contiguous()
 
 
