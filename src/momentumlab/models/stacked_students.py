@@ -75,13 +75,13 @@ class StackedStudents:
             self.left = (self.kernel - 1) // 2  # padding='same' puts the odd extra zero on the right
             self.span = dim + self.kernel - 1  # columns of one example in the padded layout
         self.blocks, self.views = self._layout(shapes)
-        self.size = sum(math.prod(block) for block in self.blocks)  # P
+        self.block_sizes = [math.prod(block) for block in self.blocks]
+        self.size = sum(self.block_sizes)  # P
         self._buffers: dict[str, torch.Tensor] = {}  # kept between calls (CNN feature maps)
 
     def _layout(self, shapes: Mapping[str, torch.Size]) -> tuple[list[tuple[int, ...]], dict[str, _View]]:
         """The blocks of a run's row, in order, and each module parameter's view into the row."""
         blocks, views, offset = [], {}, 0
-        fused = "convolutions.0" if self.convolutional else None  # the first convolution's [W_1, b_1]
         for name, shape in shapes.items():
             layer = name.rsplit(".", 1)[0]
             if not self.convolutional and layer.startswith("hidden."):
@@ -91,8 +91,8 @@ class StackedStudents:
                     views[name] = _View((units, fan_in), (1, units), offset)
                     views[f"{layer}.bias"] = _View((units,), (1,), offset + fan_in * units)
                     offset += (fan_in + 1) * units
-            elif layer == fused:
-                if name.endswith(".weight"):  # [W, b], (channels, k + 1)
+            elif self.convolutional and layer == "convolutions.0":
+                if name.endswith(".weight"):  # the first convolution's [W_1, b_1], (channels, k + 1)
                     channels, _, k = shape
                     blocks.append((channels, k + 1))
                     views[name] = _View((channels, 1, k), (k + 1, k, 1), offset)
@@ -122,7 +122,7 @@ class StackedStudents:
 
     def _blocks(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """The (R, *block) views of :attr:`blocks` into `flat`."""
-        parts = flat.split([math.prod(block) for block in self.blocks], dim=1)
+        parts = flat.split(self.block_sizes, dim=1)
         return [part.view(len(flat), *block) for part, block in zip(parts, self.blocks)]
 
     def features(self, inputs: torch.Tensor, kept: bool = False) -> torch.Tensor:

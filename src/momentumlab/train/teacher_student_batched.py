@@ -121,12 +121,9 @@ class _Chunk:
             for run, n in zip(runs, named)
         ]
         self.parameters, self.buffers = self.pack(named), self.pack(buffers)  # θ and b, (r, P)
-        like = self.parameters
         coefficients = [(run.config.optimizer.lr, *update_coefficients(run.config.optimizer)) for run in runs]
-        self.coefficients = torch.tensor(coefficients, dtype=like.dtype, device=like.device)  # (r, 5)
-        self.weight_decay = torch.tensor(
-            [run.config.train.weight_decay for run in runs], dtype=like.dtype, device=like.device
-        )
+        self.coefficients = self.parameters.new_tensor(coefficients)  # (r, 5)
+        self.weight_decay = self.parameters.new_tensor([run.config.train.weight_decay for run in runs])
         self.features = self.students.features(self.inputs)  # the full batch's, made once
         self.epoch, self.permutations = -1, torch.empty(0)
 
