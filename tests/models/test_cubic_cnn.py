@@ -240,6 +240,26 @@ def test_compiled_objective_equals_autograd_at_other_shapes(examples, patches, d
 
 
 @needs_compiler
+def test_compiled_objective_with_an_odd_block_count_equals_autograd(monkeypatch):
+    """Tiles of one block of examples each (as many examples as lanes) with P = 5 patches: 5 blocks a tile,
+    so the forward products' pairs of blocks end in a block alone, and its prefetches run past the data."""
+    lanes = cubic_cnn._cubic_kernel(1, 1, 1, torch.zeros(1)).lanes()
+    monkeypatch.setattr(cubic_cnn, "KERNEL_EXAMPLES", lanes)
+    generator = torch.Generator().manual_seed(5)
+    inputs = torch.randn(3 * lanes + 1, 5, 7, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 2, (len(inputs),), generator=generator).to(torch.float64) * 2 - 1
+    weight = torch.randn(3, 7, generator=generator, dtype=torch.float64) * 0.3
+    objective = FullBatchCubicObjective(inputs.float(), labels.float(), width=3, l2=0.0)
+    assert objective.engine == "compiled" and objective._tiles.shape[1] == 5  # (tiles, blocks, d, lanes)
+    loss, gradient = objective.loss_and_gradient(weight.float())
+    ref_loss, ref_gradient = _autograd_reference(weight, inputs, labels, 0.0)
+    torch.testing.assert_close(loss.double(), ref_loss, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(gradient.double(), ref_gradient, **TOLERANCES[torch.float32])
+    outputs = (inputs @ weight.T).pow(3).sum(dim=(1, 2))
+    torch.testing.assert_close(objective.outputs.double(), outputs, **TOLERANCES[torch.float32])
+
+
+@needs_compiler
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_compiled_objective_on_threads_equals_autograd(threads, monkeypatch):
     """3 079 examples: 193 tiles, enough for 3 threads (64 tiles each at least) with a partial last tile;

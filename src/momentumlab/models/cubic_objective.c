@@ -6,13 +6,16 @@
    constants (-D), so the loops over them unroll and the accumulators stay in registers. The examples are
    stored in tiles of EXAMPLES examples, each tile BLOCKS blocks of (DIM, LANES) floats: column
    t = p·EXAMPLES + e of a tile (patch p of its example e) is lane t % LANES of block t / LANES. Per tile,
-   the forward products ⟨w_r, X[j]⟩ of a block are LANES columns at once (WIDTH accumulators, the block read
-   once, in order), then f and c of the tile's examples, then the gradient products while the tile is in
-   cache; the gradient's partial sums stay in LANES lanes until the end. Several weights (runs on the same
-   data) are passed over each tile in turn while it is in cache, so the data is read from memory once for
-   all of them; each run's arithmetic is the same as alone, in the same order. Examples past n (padding of
-   the last tile) are zero and get c = 0. With several threads each takes a contiguous range of tiles and
-   its own gradient sums; the sums are added in thread order, so a given thread count gives the same bits.
+   the forward products ⟨w_r, X[j]⟩ of two blocks are 2·LANES columns at once (2·WIDTH accumulators: with
+   WIDTH alone the adds' latency, not the FMA units, set the pace; each block read once, in order, while the
+   same lines of the next tile are prefetched, so that its read from memory overlaps this tile's
+   arithmetic), then f and c of the tile's examples (expf one by one, the divisions in vectors), then the
+   gradient products while the tile is in cache; the gradient's partial sums stay in LANES lanes until the
+   end. Several weights (runs on the same data) are passed over each tile in turn while it is in cache, so
+   the data is read from memory once for all of them; each run's arithmetic is the same as alone, in the
+   same order. Examples past n (padding of the last tile) are zero and get c = 0. With several threads each
+   takes a contiguous range of tiles and its own gradient sums; the sums are added in thread order, so a
+   given thread count gives the same bits.
    Built with -fopenmp, the threads are those of the OpenMP runtime torch has loaded (libgomp.so.1 is
    resolved to the copy already in the process), so the kernel runs on torch's warm workers instead of
    competing with them while they spin after torch's last parallel op. The caller asks for pthreads
@@ -54,16 +57,26 @@ static void tile_pass(const data_vec *restrict x, const float *restrict labels, 
     vec z[WIDTH][BLOCKS]; /* ⟨w_r, X[j]⟩ of the tile's columns, then c·⟨w_r, X[j]⟩² */
     float f[EXAMPLES], coefficients[EXAMPLES];
     const float scale = -3.0f / (float)n;
-    for (long block = 0; block < BLOCKS; block++) {
+    for (long block = 0; block < BLOCKS; block += 2) { /* two blocks at once: 2·WIDTH independent sums */
         const data_vec *restrict columns = x + block * DIM;
-        vec products[WIDTH];
-        for (long r = 0; r < WIDTH; r++) products[r] = (vec){0};
+        const char *next = (const char *)(columns + BLOCKS * DIM); /* the same columns of the next tile */
+        const int pair = block + 1 < BLOCKS;
+        vec products[2][WIDTH];
+        for (long r = 0; r < WIDTH; r++) products[0][r] = products[1][r] = (vec){0};
         for (long k = 0; k < DIM; k++) {
-            vec column = columns[k];
+            __builtin_prefetch(next + 32 * (1 + pair) * k); /* a line of the next tile's blocks */
+            vec column0 = columns[k], column1 = pair ? columns[DIM + k] : (vec){0};
 #pragma GCC unroll 16
-            for (long r = 0; r < WIDTH; r++) products[r] += weight[r * DIM + k] * column; /* ⟨w_r, X[j]⟩ */
+            for (long r = 0; r < WIDTH; r++) {
+                float w = weight[r * DIM + k];
+                products[0][r] += w * column0; /* ⟨w_r, X[j]⟩ */
+                products[1][r] += w * column1;
+            }
         }
-        for (long r = 0; r < WIDTH; r++) z[r][block] = products[r];
+        for (long r = 0; r < WIDTH; r++) {
+            z[r][block] = products[0][r];
+            if (pair) z[r][block + 1] = products[1][r];
+        }
     }
     float *values = (float *)z; /* z[r] as COLUMNS floats */
     for (long e = 0; e < EXAMPLES; e++) f[e] = 0.0f;
@@ -74,12 +87,12 @@ static void tile_pass(const data_vec *restrict x, const float *restrict labels, 
                 f[e] += v * v * v; /* f_i = Σ_r Σ_j ⟨w_r, X_i[j]⟩³ */
             }
     long count = n - first < EXAMPLES ? n - first : EXAMPLES;
-    for (long e = 0; e < EXAMPLES; e++) coefficients[e] = 0.0f;
-    for (long e = 0; e < count; e++) {
-        float y = labels[first + e];
-        outputs[first + e] = f[e];
-        coefficients[e] = scale * y / (1.0f + expf(y * f[e])); /* c_i = −3 y_i σ(−y_i f_i) / N */
-    }
+    float y[EXAMPLES], exps[EXAMPLES]; /* padding examples get y = 0, so c = 0 */
+    for (long e = 0; e < EXAMPLES; e++) y[e] = e < count ? labels[first + e] : 0.0f;
+    for (long e = 0; e < EXAMPLES; e++) exps[e] = expf(y[e] * f[e]);
+    for (long e = 0; e < EXAMPLES; e++)
+        coefficients[e] = scale * y[e] / (1.0f + exps[e]); /* c_i = −3 y_i σ(−y_i f_i) / N */
+    for (long e = 0; e < count; e++) outputs[first + e] = f[e];
     for (long r = 0; r < WIDTH; r++)
         for (long p = 0; p < PATCHES; p++)
             for (long e = 0; e < EXAMPLES; e++) {
