@@ -61,10 +61,12 @@ static void tile_pass(const data_vec *restrict x, const float *restrict labels, 
         const data_vec *restrict columns = x + block * DIM;
         const char *next = (const char *)(columns + BLOCKS * DIM); /* the same columns of the next tile */
         const int pair = block + 1 < BLOCKS;
+        const long stride = (1 + pair) * (long)sizeof(vec); /* bytes of those columns per k */
         vec products[2][WIDTH];
         for (long r = 0; r < WIDTH; r++) products[0][r] = products[1][r] = (vec){0};
         for (long k = 0; k < DIM; k++) {
-            __builtin_prefetch(next + 32 * (1 + pair) * k); /* a line of the next tile's blocks */
+            for (long offset = 0; offset < stride; offset += 64) /* their lines, one per 64 bytes */
+                __builtin_prefetch(next + stride * k + offset);
             vec column0 = columns[k], column1 = pair ? columns[DIM + k] : (vec){0};
 #pragma GCC unroll 16
             for (long r = 0; r < WIDTH; r++) {
