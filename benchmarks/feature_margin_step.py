@@ -15,9 +15,10 @@ it, the old yardstick: the naive loop one would write by hand (the cubic CNN as 
 float64, autograd, `torch.optim.SGD` for GD+M in heavy-ball form with lr = η(1−γ), which has GD+M's
 iterates). The kernel runs on torch's thread count, as the torch path does.
 
-The trainer's number is the per-step cost of `train_feature_margin` itself, measured as the difference
-between two run lengths so that data generation and setup cancel; "objective" is one call of the
-full-batch (L, ∇L) it steps on.
+The trainer's number is the per-step cost of `train_feature_margin` itself, each step timed alone between
+its calls before each step (machine_limits.timed_steps), so that data generation and setup do not
+count: the least, as every bound here, and the median; "objective" is one call of the full-batch (L, ∇L)
+it steps on.
 
     python benchmarks/feature_margin_step.py [--steps 1000] [--repeats 3] [--threads N]
 """
@@ -38,7 +39,7 @@ from machine_limits import (
     measure_matmul,
     record_products,
     replay,
-    seconds,
+    timed_steps,
 )
 
 from momentumlab.models.cubic_cnn import CubicCNN, FullBatchCubicObjective, logistic_objective
@@ -59,30 +60,34 @@ def config(steps: int) -> FeatureMarginRunConfig:
     )
 
 
-def trainer_seconds_per_step(steps: int) -> float:
-    """Per-step time of `train_feature_margin`: the difference of two run lengths (setup cancels)."""
-    short = seconds(lambda: train_feature_margin(config(steps // 5)))
-    long = seconds(lambda: train_feature_margin(config(steps // 5 + steps)))
-    return (long - short) / steps
+def trainer_step_seconds(steps: int, repeats: int) -> tuple[float, float]:
+    """(least, median) seconds of one step of `train_feature_margin`, each step timed alone."""
+    _, least, median = timed_steps(
+        lambda on_step: train_feature_margin(config(steps), on_step=on_step), 1, repeats
+    )
+    return least, median
 
 
-def naive_seconds_per_step(steps: int) -> float:
-    run = config(steps)
-    data = build_data(run)
-    inputs, labels = data.train.inputs, data.train.labels  # float64
-    model = CubicCNN(run.model.width, run.data.dim, run.model.init_std).double()
-    model.load_state_dict({"weight": build_model(run).weight.detach().double()})
-    lr, momentum = ema_to_heavy_ball(LR, MOMENTUM)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+def naive_step_seconds(steps: int, repeats: int) -> tuple[float, float]:
+    """(least, median) seconds of one step of the naive loop, each step timed alone as the trainer's."""
 
-    def loop() -> None:
-        for _ in range(steps):
+    def train(on_step: Callable[[int], None]) -> None:
+        run = config(steps)
+        data = build_data(run)
+        inputs, labels = data.train.inputs, data.train.labels  # float64
+        model = CubicCNN(run.model.width, run.data.dim, run.model.init_std).double()
+        model.load_state_dict({"weight": build_model(run).weight.detach().double()})
+        lr, momentum = ema_to_heavy_ball(LR, MOMENTUM)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        for step in range(steps):
+            on_step(step)
             optimizer.zero_grad()
             loss = logistic_objective(model(inputs), labels, model.weight, 0.0)
             loss.backward()
             optimizer.step()
 
-    return seconds(loop) / steps
+    _, least, median = timed_steps(train, 1, repeats)
+    return least, median
 
 
 def main() -> None:
@@ -141,18 +146,22 @@ def main() -> None:
     for chunk in chunks:
         print(f"  torch path in chunks of {chunk:5d} examples: {1e3 * times[chunk]:7.3f} ms")
     print(f"  objective, {default.engine} vs torch path: {times['torch'] / times['objective']:.2f}x faster")
-    trainer = min(trainer_seconds_per_step(args.steps) for _ in range(args.repeats))
-    naive = min(naive_seconds_per_step(args.steps // 4) for _ in range(args.repeats))
+    trainer, trainer_median = trainer_step_seconds(args.steps, args.repeats)
+    naive, naive_median = naive_step_seconds(args.steps // 4, args.repeats)
     for label, step in (
         (f"objective (L, ∇L), one call, {default.engine}", times["objective"]),
         ("objective, torch path", times["torch"]),
-        ("trainer step", trainer),
+        ("trainer step (least)", trainer),
+        ("trainer step (median)", trainer_median),
     ):
         print(fraction_line(label, step, memory_bound, "bytes ÷ bandwidth"))
         print(fraction_line(label, step, flop_bound, "FLOPs ÷ peak mm rate"))
         print(fraction_line(label, step, max(memory_bound, flop_bound), "the larger of the two"))
-    print(f"  naive reference (autograd + torch.optim.SGD, float64): {1e3 * naive:8.3f} ms/step")
-    print(f"  trainer vs naive loop: {naive / trainer:.2f}x")
+    print(
+        f"  naive reference (autograd + torch.optim.SGD, float64): {1e3 * naive:8.3f} ms/step "
+        f"(median {1e3 * naive_median:.3f})"
+    )
+    print(f"  trainer vs naive loop: {naive / trainer:.2f}x (medians: {naive / trainer_median:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ change of load between them cannot tilt the ratio.
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +68,24 @@ def best_seconds_each(works: dict[str, Callable[[], object]], repeats: int) -> d
 def best_seconds(work: Callable[[], object], repeats: int) -> float:
     """Least time of `repeats` warm calls of `work`."""
     return best_seconds_each({"work": work}, repeats)["work"]
+
+
+def timed_steps(
+    train: Callable[[Callable[[int], None]], object], per_call: int, repeats: int
+) -> tuple[float, float, float]:
+    """(least seconds of a whole run, least and median seconds of a step) over `repeats` calls of
+    `train(on_step)`, a training run that calls `on_step` every `per_call` steps (once per step, or once
+    per epoch). Each interval between successive calls is timed, leaving out the first (warm-up) and the
+    last (no call follows it; the last logged row is measured there), so neither setup nor measurements
+    count in a step. The least is the step least disturbed by other jobs, as every bound here is."""
+    runs, steps = [], []
+    for _ in range(repeats):
+        marks: list[float] = []
+        started = clock()
+        train(lambda _, marks=marks: marks.append(clock()))
+        runs.append(clock() - started)
+        steps += [(after - before) / per_call for before, after in itertools.pairwise(marks[1:])]
+    return min(runs), min(steps), statistics.median(steps)
 
 
 @dataclass(frozen=True)

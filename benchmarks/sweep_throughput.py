@@ -26,10 +26,11 @@ cannot be faster than its products, so where one run already computes near the `
 batch students), batching cannot give 10×.
 
 Every training run is timed REPEATS times and the least counts (the naive loop's, minutes long, once).
-A feature–margin step is the difference between two run lengths, so setup cancels. A student's step is
-timed epoch by epoch, between the engine's calls before each epoch (all epochs but the first and the
-last, of every repeat): the least and the median are printed, since on a shared VM single differences
-of whole runs moved a group's fraction by 2x. The speed-ups are end to end (drawing data, building
+A step is timed alone (machine_limits.timed_steps): a feature–margin step between the engine's calls
+before each step, a student's epoch by epoch between its calls before each epoch, leaving out the first
+and the last of every repeat; the least and the median are printed, since on a shared VM single
+differences of whole runs moved a group's fraction by 2x (and a feature–margin step taken as the
+difference of two run lengths counted every other job's time slice in it). The speed-ups are end to end (drawing data, building
 models, the first and last logged rows), since that is what a sweep costs; logging and checkpoints are
 otherwise off. Every limit is measured in this run, at the same thread count.
 
@@ -41,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import os
 import statistics
 from collections.abc import Callable, Iterator
@@ -51,7 +51,6 @@ import torch._dynamo  # torch.optim imports it on first use: here, that second s
 from machine_limits import (
     FLOAT_BYTES,
     Product,
-    clock,
     clock_name,
     fraction_line,
     measure_bandwidth,
@@ -59,6 +58,7 @@ from machine_limits import (
     record_products,
     replay,
     seconds,
+    timed_steps,
 )
 
 from momentumlab.experiments.teacher_student import Settings as TableOneSettings
@@ -135,31 +135,12 @@ def least_seconds(work: Callable[[], object]) -> float:
     return min(seconds(work) for _ in range(REPEATS))
 
 
-def timed_epochs(
-    train: Callable[[Callable[[int], None]], object], per_epoch: int
-) -> tuple[float, float, float]:
-    """(least seconds of a whole run, least and median seconds of a step) over REPEATS calls of
-    `train(on_step)`. Each epoch is timed from its `on_step` call to the next epoch's, leaving out the first
-    (warm-up) and the last (no call follows it; the last logged row is measured there), so neither setup
-    nor measurements count in a step."""
-    runs, steps = [], []
-    for _ in range(REPEATS):
-        marks = []
-        started = clock()
-        train(lambda epoch, marks=marks: marks.append(clock()))
-        runs.append(clock() - started)
-        steps += [(after - before) / per_epoch for before, after in itertools.pairwise(marks[1:])]
-    return min(runs), min(steps), statistics.median(steps)
-
-
-def batched_step(runs: int, steps: int) -> tuple[float, float]:
-    """(seconds per step, seconds of the whole run) of `train_batched` on the suite's `runs` runs of `steps`
-    steps: the step as the difference of two run lengths (each the least of REPEATS), so that setup cancels."""
-    short = [feature_margin_config(seed, lr, steps // 5) for seed, lr in grid(runs)]
-    configs = [feature_margin_config(seed, lr, steps) for seed, lr in grid(runs)]
-    short_seconds = least_seconds(lambda: train_batched(short, [None] * runs))
-    long_seconds = least_seconds(lambda: train_batched(configs, [None] * runs))
-    return (long_seconds - short_seconds) / (steps - steps // 5), long_seconds
+def batched_steps(configs: list[FeatureMarginRunConfig]) -> tuple[float, float, float]:
+    """(least seconds of the whole run, least and median seconds of a step) of `train_batched` on `configs`,
+    each step timed alone (:func:`timed_steps`)."""
+    return timed_steps(
+        lambda on_step: train_batched(configs, [None] * len(configs), on_step=on_step), 1, REPEATS
+    )
 
 
 @contextlib.contextmanager
@@ -194,21 +175,23 @@ def feature_margin_suite(runs: int, steps: int) -> None:
         f"{peak / 1e9:.1f} GFLOP/s (a 1024³ mm) = {1e3 * flop_bound:.2f} ms"
     )
     bound = max(memory_bound, flop_bound)
-    step, long_seconds = batched_step(runs, steps)
-    print(fraction_line(f"batched step of {runs} runs", step, bound, "max(memory, FLOPs)"))
+    long_seconds, step, typical = batched_steps(configs)
+    print(fraction_line(f"batched step of {runs} runs (least)", step, bound, "max(memory, FLOPs)"))
+    print(fraction_line(f"batched step of {runs} runs (median)", typical, bound, "max(memory, FLOPs)"))
     print(
-        f"  batched: {runs / step:.0f} run-steps/s per step; bound {runs / bound:.0f} run-steps/s "
-        f"(memory {runs / memory_bound:.0f}, FLOPs {runs / flop_bound:.0f})"
+        f"  batched: {runs / step:.0f} run-steps/s per step (median {runs / typical:.0f}); bound "
+        f"{runs / bound:.0f} run-steps/s (memory {runs / memory_bound:.0f}, FLOPs {runs / flop_bound:.0f})"
     )
     with native_kernels_off():
         one_step = [feature_margin_config(seed, lr, 1) for seed, lr in grid(runs)]
         # a 1-step run evaluates the full batch twice: at step 0 and after the last step
         _, products, _ = batched_products(lambda: train_batched(one_step, [None] * runs), evaluations=2)
-        stacked_step = batched_step(runs, steps)[0]
+        _, stacked_step, stacked_typical = batched_steps(configs)
     print(
-        f"  the stacked `bmm` path (MOMENTUMLAB_NATIVE=0): step {1e3 * stacked_step:.2f} ms, its products alone "
-        f"{1e3 * products:.2f} ms ({flops / products / 1e9:.1f} GFLOP/s); the kernel's step is "
-        f"{stacked_step / step:.2f}x faster"
+        f"  the stacked `bmm` path (MOMENTUMLAB_NATIVE=0): step {1e3 * stacked_step:.2f} ms (median "
+        f"{1e3 * stacked_typical:.2f}), its products alone {1e3 * products:.2f} ms "
+        f"({flops / products / 1e9:.1f} GFLOP/s); the kernel's step is {stacked_step / step:.2f}x faster "
+        f"(medians: {stacked_typical / typical:.2f}x)"
     )
     total = runs * steps
     batched = report("batched engine end to end (train_batched, float32)", total, long_seconds)
@@ -260,15 +243,18 @@ def students_suite(runs: int, epochs: int) -> None:
             flops, alone, alone_typical = batched_products(  # as many replays as epochs are timed
                 lambda: train_students_batched(batch(1), [None] * runs), per_epoch, REPEATS * (epochs - 2)
             )
-            batched, step, typical = timed_epochs(
+            batched, step, typical = timed_steps(
                 lambda on_step, configs=configs: train_students_batched(
                     configs, [None] * runs, on_step=on_step
                 ),
                 per_epoch,
+                REPEATS,
             )
             sequential = least_seconds(lambda configs=configs: [train_student(c) for c in configs])
-            _, one_step, one_typical = timed_epochs(  # one run's step in train_student()
-                lambda on_step, configs=configs: train_student(configs[0], on_step=on_step), per_epoch
+            _, one_step, one_typical = timed_steps(  # one run's step in train_student()
+                lambda on_step, configs=configs: train_student(configs[0], on_step=on_step),
+                per_epoch,
+                REPEATS,
             )
             totals["batched"] += batched
             totals["sequential"] += sequential

@@ -12,6 +12,7 @@ from momentumlab.models.cubic_cnn import (
     CubicCNN,
     FullBatchCubicObjective,
     cubic_loss_and_gradient,
+    logistic_loss_bound,
     logistic_objective,
 )
 from momentumlab.native import native_compiler
@@ -210,6 +211,53 @@ def test_full_batch_objective_repeated_calls(l2):
     assert not torch.allclose(results[0][1], results[1][1])
     assert results[2][0] == results[0][0]
     torch.testing.assert_close(results[2][1], results[0][1], rtol=0, atol=0)
+
+
+def test_logistic_loss_bound_is_above_the_computed_loss_and_finite_only_where_it_is():
+    """Rows of 40 float32 margins at scales from 1e-3 to 1e36, and rows where the loss is not finite or
+    the bound cannot tell: the bound is at least torch's mean softplus wherever it is finite."""
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([1e-3, 1.0, 30.0, 1e3, 1e20, 1e36])
+    margins = (torch.randn(len(scales), 40, generator=generator) * scales[:, None]).float()
+    margins[-1] = 1e36  # the loss 1e36 is finite, with the sum 4e37 not far below float32's 3.4e38
+    bound = logistic_loss_bound(margins)
+    loss = torch.nn.functional.softplus(margins).mean(dim=1)
+    assert bool(torch.isfinite(bound).all())
+    assert bool((bound >= loss).all())
+    assert bound[1] == 4 * 40 * (margins[1].abs().max() + 1)  # B = 4N(max_i |m_i| + 1)
+    # each margin 1e37 is finite, but their sum overflows: the loss is ∞, and the bound must not be finite
+    special = torch.tensor([[1e37] * 40, [0.0] * 39 + [math.nan], [0.0] * 39 + [math.inf]])
+    assert not bool(torch.isfinite(torch.nn.functional.softplus(special).mean(dim=1)).any())
+    assert not bool(torch.isfinite(logistic_loss_bound(special)).any())
+    # −∞ margins have softplus 0 (the loss is finite), but the bound cannot tell: not finite
+    assert not math.isfinite(logistic_loss_bound(torch.tensor([0.0, -math.inf])))
+    # more examples than 1/ε (float16: 1024) would let rounding grow past the bound: never finite
+    assert not math.isfinite(logistic_loss_bound(torch.zeros(2000, dtype=torch.float16)))
+    assert math.isfinite(logistic_loss_bound(torch.zeros(1000, dtype=torch.float16)))
+
+
+@pytest.mark.parametrize(("chunk", "compiled"), [(None, True), (7, False)])
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+@pytest.mark.parametrize(
+    ("scale", "finite"),
+    [(1.0, True), (1e10, True), (4e11, True), (1e13, False), (math.nan, False)],
+    ids=["small", "large", "bound-too-large", "overflow", "nan"],
+)
+def test_gradient_and_finiteness_equals_loss_and_gradient(chunk, compiled, l2, scale, finite):
+    """The gradient is loss_and_gradient's, bit for bit, and `finite` is whether its loss is finite, in
+    float32 (the kernel and the torch path), at weights W·scale: with the outputs up to ~1e0, 4e31 (the
+    bound 7e33 is finite), 3e36 (the loss 1.6e35 is finite but the bound 4·40·3e36 is not: the loss
+    decides), overflowing, and NaN."""
+    inputs, labels, weight = _problem(seed=6)
+    objective = FullBatchCubicObjective(
+        inputs.float(), labels.float(), width=M, l2=l2, chunk=chunk, compiled=compiled
+    )
+    weight = (weight * scale).float()
+    loss, expected = objective.loss_and_gradient(weight)
+    expected = expected.clone()
+    gradient, is_finite = objective.gradient_and_finiteness(weight)
+    assert is_finite == math.isfinite(loss) == finite
+    torch.testing.assert_close(gradient, expected, rtol=0, atol=0, equal_nan=True)
 
 
 @needs_compiler

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -157,6 +159,28 @@ def test_a_run_diverging_after_its_first_step_in_full_batch_float64(steps):
     assert (records[1].status, records[1].diverged_at_step) == ("diverged", 1)
     for record, reference in zip(records, alone, strict=True):
         assert_records_match(record, reference, **TOLERANCE["float64"])
+
+
+def test_a_run_diverging_in_full_batch_float32_is_recorded_as_alone():
+    # The first update of lr = 1e20 makes f overflow float32 at step 1, where the loss bound is not
+    # finite and the losses decide.
+    runs = [MIXED[0], ("optimizer.name=gd", "optimizer.lr=1e20")]
+    configs = configs_for("full-batch-float32", runs)
+    records = train_batched(configs, [None, None])
+    alone = [train_feature_margin(config) for config in configs]
+    assert (records[1].status, records[1].diverged_at_step) == ("diverged", 1)
+    for record, reference in zip(records, alone, strict=True):
+        assert_records_match(record, reference, **TOLERANCE["float32"])
+
+
+def test_full_batch_steps_without_the_loss_bound_are_the_same(batched, monkeypatch):
+    """Where the bound never shows a loss finite, every step computes the losses: the same records, bit
+    for bit, as with the bound."""
+    monkeypatch.setattr(batched_module, "logistic_loss_bound", lambda margins: margins[:, 0] * math.inf)
+    records = train_batched(configs_for("full-batch-float32"), [None] * len(MIXED))
+    for record, reference in zip(records, batched["full-batch-float32"], strict=True):
+        assert record.status == "complete"
+        assert_records_match(record, reference, rel=0, abs=0)
 
 
 # --- interruption and resumption ---------------------------------------------------------------------

@@ -60,6 +60,22 @@ def logistic_objective(
     return F.softplus(-labels * outputs).mean() + 0.5 * l2 * weight.pow(2).sum()
 
 
+def logistic_loss_bound(margins: torch.Tensor) -> torch.Tensor:
+    """A finite upper bound on mean softplus(margins) over the last axis, as torch computes it, where it can
+    show that mean finite; NaN or ∞ where it cannot (a margin NaN or infinite, 4N(max_i |m_i| + 1) past
+    the largest float, or N > 1/ε).
+
+    Each computed term lies in [0, max(m_i, 0) + 1], so the float sum of N of them is at most
+    (1 + ε)^N · N(max_i |m_i| + 1) ≤ e·N(max_i |m_i| + 1) for N ≤ 1/ε, in any order, and so is the mean:
+    B = 4N(max_i |m_i| + 1) bounds both with room for its own rounding. Float addition is monotone, so
+    where B + (λ/2)‖W‖² is finite, so is L. One pass of abs and max, against the softplus's exp and log1p
+    (10% of a default full-batch step)."""
+    n = margins.shape[-1]
+    if n * torch.finfo(margins.dtype).eps > 1:
+        return margins.new_full(margins.shape[:-1], math.inf)
+    return margins.abs().amax(dim=-1).add_(1).mul_(4 * n)  # B = 4N(max_i |m_i| + 1)
+
+
 def cubic_loss_and_gradient(
     weight: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, l2: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,17 +138,40 @@ class FullBatchCubicObjective:
 
     def loss_and_gradient(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (L(W), ∇L(W)); the gradient tensor is a buffer reused by the next call."""
+        gradient = self._pass(weight)
+        loss = self._loss(weight)
+        if self.l2:
+            gradient.add_(weight, alpha=self.l2)
+        return loss, gradient
+
+    def gradient_and_finiteness(self, weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Return (∇L(W), whether L(W) is finite), for a step that logs nothing: L itself is computed only
+        where :func:`logistic_loss_bound` cannot show it finite. The gradient is :meth:`loss_and_gradient`'s."""
+        gradient = self._pass(weight)
+        penalty = 0.5 * self.l2 * weight.square().sum() if self.l2 else 0.0  # (λ/2)‖W‖²
+        finite = math.isfinite(logistic_loss_bound(self._margins) + penalty) or math.isfinite(
+            self._loss(weight)
+        )
+        if self.l2:
+            gradient.add_(weight, alpha=self.l2)
+        return gradient, finite
+
+    def _pass(self, weight: torch.Tensor) -> torch.Tensor:
+        """f into `outputs`, −y_i f_i into the margins, and the loss term's gradient (returned)."""
         if self._kernel is not None:
             _check_kernel_buffer("weight", weight, tuple(self._gradient.shape))  # its own buffers fit
             gradient = self._run_kernel(weight, self.outputs, self._gradient, runs=1)
         else:
             gradient = self._torch_pass(weight)
-        margins = torch.mul(self.outputs, self.neg_labels, out=self._margins)  # −y_i f_i
-        loss = F.softplus(margins).mean()
+        torch.mul(self.outputs, self.neg_labels, out=self._margins)  # −y_i f_i
+        return gradient
+
+    def _loss(self, weight: torch.Tensor) -> torch.Tensor:
+        """L(W) from the margins of the last pass, at `weight`."""
+        loss = F.softplus(self._margins).mean()
         if self.l2:
             loss = loss + 0.5 * self.l2 * weight.square().sum()
-            gradient.add_(weight, alpha=self.l2)
-        return loss, gradient
+        return loss
 
     def kernel_pass(
         self, weight: torch.Tensor, outputs: torch.Tensor, gradient: torch.Tensor

@@ -3,9 +3,11 @@
 Full batch uses the cubic CNN's closed-form gradient (:class:`FullBatchCubicObjective`); minibatches
 use the same formula on the batch; with `train.gradient_penalty` the step uses autograd's double
 backward on L + λ‖∇L‖². Every `log_every` steps (and at the end) one row of measurements is
-taken at W(t) (:func:`feature_margin_measurements`). Every `checkpoint_every` steps the weights,
-optimizer state and rows so far are saved atomically, so a run killed anywhere resumes from its last
-checkpoint and ends with exactly the rows an uninterrupted run has.
+taken at W(t) (:func:`feature_margin_measurements`); a full-batch step that logs nothing needs only
+whether L is finite (a run whose loss is not is recorded as diverged), which a bound on L usually shows
+without computing it (:meth:`FullBatchCubicObjective.gradient_and_finiteness`). Every
+`checkpoint_every` steps the weights, optimizer state and rows so far are saved atomically, so a run
+killed anywhere resumes from its last checkpoint and ends with exactly the rows an uninterrupted run has.
 """
 
 from __future__ import annotations
@@ -151,15 +153,18 @@ def train_feature_margin(
         for step in range(start, steps):
             if on_step is not None:
                 on_step(step)
-            logging = step in to_log
-            if fast_path or logging:
+            if step in to_log:
                 loss, gradient = full_batch.loss_and_gradient(weight)
-                if logging and math.isfinite(loss.item()):
+                finite = math.isfinite(loss.item())
+                if finite:
                     measure(step, loss, gradient)
                     bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
+            elif fast_path:
+                gradient, finite = full_batch.gradient_and_finiteness(weight)
             if not fast_path:
                 loss, gradient = step_loss_and_gradient(config, weight, data, step)
-            if not math.isfinite(loss.item()):
+                finite = math.isfinite(loss.item())
+            if not finite:
                 status, diverged_at = "diverged", step
                 break
             weight.grad = gradient

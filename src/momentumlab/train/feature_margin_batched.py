@@ -18,7 +18,9 @@ minibatch products are batched over runs:
 Everything else is :func:`momentumlab.train.feature_margin.train_feature_margin`'s, run by run: the same logged rows (measured
 run by run at logged steps only), sharpness, divergence (a run whose loss turns non-finite is recorded
 as diverged, then zeroed: W = 0 is a fixed point, so it stops costing anything and affects no one) and
-one checkpoint per run in the single-run format, so either trainer resumes what the other started.
+one checkpoint per run in the single-run format, so either trainer resumes what the other started. As
+there, a full-batch step that logs nothing takes the loss's finiteness from
+:func:`~momentumlab.models.cubic_cnn.logistic_loss_bound` and computes the losses only where it fails.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from tqdm.auto import tqdm
 
 from momentumlab.config import content_hash
 from momentumlab.data.feature_margin import FeatureMarginData, FeatureMarginSet
-from momentumlab.models.cubic_cnn import FullBatchCubicObjective
+from momentumlab.models.cubic_cnn import FullBatchCubicObjective, logistic_loss_bound
 from momentumlab.optim.momentum import OptimizerConfig, build_optimizer
 from momentumlab.probes.projections import feature_margin_measurements
 from momentumlab.runs.record import RunRecord
@@ -130,8 +132,11 @@ class _StackedFullBatch:
             )
             start += count * runs_per_set
 
-    def __call__(self, weight: torch.Tensor, losses: torch.Tensor, gradients: torch.Tensor) -> None:
-        """Write each run's loss into `losses` (R,) and gradient into `gradients` (R, m, d)."""
+    def __call__(
+        self, weight: torch.Tensor, losses: torch.Tensor, gradients: torch.Tensor, exact: bool = True
+    ) -> None:
+        """Write each run's loss into `losses` (R,) and gradient into `gradients` (R, m, d). The losses come
+        out of the chunks' products anyway, so they are written whatever `exact` says."""
         m = self.width
         for bucket in self.buckets:
             count, dim, columns = bucket.inputs_t.shape
@@ -157,8 +162,13 @@ class _StackedFullBatch:
                     coefficient.repeat_interleave(patches, dim=-1)[:, :, None]
                 )
                 bucket.gradient_t.baddbmm_(inputs_t, squares.transpose(1, 2), beta=0 if first == 0 else 1)
-            losses[bucket.runs] = bucket.loss.view(-1)
             gradients[bucket.runs].view(count, per_set * m, dim).copy_(bucket.gradient_t.transpose(1, 2))
+        self.exact_losses(losses)
+
+    def exact_losses(self, losses: torch.Tensor) -> None:
+        """Write each run's loss at the last call's weights into `losses` (R,)."""
+        for bucket in self.buckets:
+            losses[bucket.runs] = bucket.loss.view(-1)
 
 
 class _KernelFullBatch:
@@ -173,13 +183,24 @@ class _KernelFullBatch:
             [objective.neg_labels.expand(runs.stop - runs.start, -1) for objective, runs in objectives]
         )  # (R, N)
         self.outputs = torch.empty_like(self.neg_labels)  # f_i of each run
+        self.margins = torch.empty_like(self.neg_labels)  # −y_i f_i of each run
 
-    def __call__(self, weight: torch.Tensor, losses: torch.Tensor, gradients: torch.Tensor) -> None:
-        """Write each run's loss into `losses` (R,) and gradient into `gradients` (R, m, d)."""
+    def __call__(
+        self, weight: torch.Tensor, losses: torch.Tensor, gradients: torch.Tensor, exact: bool = True
+    ) -> None:
+        """Write each run's loss into `losses` (R,) and gradient into `gradients` (R, m, d); without
+        `exact`, for a step that logs nothing, :func:`logistic_loss_bound` instead of the loss."""
         for objective, runs in self.objectives:
             objective.kernel_pass(weight[runs], self.outputs[runs], gradients[runs])
-        margins = self.outputs * self.neg_labels  # −y_i f_i
-        torch.mean(F.softplus(margins), dim=1, out=losses)  # L = mean of log(1 + e^(−y_i f_i))
+        torch.mul(self.outputs, self.neg_labels, out=self.margins)  # −y_i f_i
+        if exact:
+            self.exact_losses(losses)
+        else:
+            losses.copy_(logistic_loss_bound(self.margins))
+
+    def exact_losses(self, losses: torch.Tensor) -> None:
+        """Write each run's loss at the last call's weights into `losses` (R,)."""
+        torch.mean(F.softplus(self.margins), dim=1, out=losses)  # L = mean of log(1 + e^(−y_i f_i))
 
 
 def _full_batch(
@@ -336,8 +357,11 @@ def train_batched(
         )
 
     def add_l2() -> None:
-        losses.add_((0.5 * l2 * weight.square()).sum(dim=(1, 2)))  # + (λ/2)‖W‖²
+        losses.add_(penalties())
         gradients.addcmul_(l2, weight)  # + λW
+
+    def penalties() -> torch.Tensor:
+        return (0.5 * l2 * weight.square()).sum(dim=(1, 2))  # (λ/2)‖W‖²
 
     steps, sharpness_every = first.train.steps, first.train.sharpness_every
     active = [True] * len(configs)
@@ -374,7 +398,7 @@ def train_batched(
                 on_step(step)
             logging = step in to_log
             if batch_size is None or logging:
-                full_batch(weight, losses, gradients)
+                full_batch(weight, losses, gradients, exact=logging)
                 add_l2()
                 if logging:
                     measure(step)
@@ -383,6 +407,9 @@ def train_batched(
                 add_l2()
             finite = torch.isfinite(losses)
             if not bool(finite.all()):
+                if batch_size is None and not logging:  # `losses` held bounds: the losses decide
+                    full_batch.exact_losses(losses)
+                    finite = torch.isfinite(losses.add_(penalties()))
                 for run in (~finite).nonzero().view(-1).tolist():
                     mark_diverged(run, step)
             buffer.mul_(mu).addcmul_(tau, gradients)  # b ← μb + τ∇
