@@ -30,9 +30,9 @@ A step is timed alone (machine_limits.timed_steps): a feature–margin step betw
 before each step, a student's epoch by epoch between its calls before each epoch, leaving out the first
 and the last of every repeat; the least and the median are printed, since on a shared VM single
 differences of whole runs moved a group's fraction by 2x (and a feature–margin step taken as the
-difference of two run lengths counted every other job's time slice in it). The speed-ups are end to end (drawing data, building
-models, the first and last logged rows), since that is what a sweep costs; logging and checkpoints are
-otherwise off. Every limit is measured in this run, at the same thread count.
+difference of two run lengths counted every other job's time slices in it). The speed-ups are end to
+end (drawing data, building models, the first and last logged rows), since that is what a sweep costs;
+logging and checkpoints are otherwise off. Every limit is measured in this run, at the same thread count.
 
     python benchmarks/sweep_throughput.py [--suite {feature-margin,students,all}] [--steps 200] [--epochs 30]
                                           [--runs 32] [--threads N]
