@@ -68,25 +68,27 @@ def trainer_step_seconds(steps: int, repeats: int) -> tuple[float, float]:
     return least, median
 
 
+def naive_run(run: FeatureMarginRunConfig, on_step: Callable[[int], None] | None = None) -> None:
+    """One run of the naive loop one would write by hand: the cubic CNN as an `nn.Module` in float64,
+    autograd, `torch.optim.SGD` in heavy-ball form with GD+M's iterates; `on_step(t)` before step t."""
+    data = build_data(run)
+    inputs, labels = data.train.inputs, data.train.labels  # float64
+    model = CubicCNN(run.model.width, run.data.dim, run.model.init_std).double()
+    model.load_state_dict({"weight": build_model(run).weight.detach().double()})
+    lr, momentum = ema_to_heavy_ball(run.optimizer.lr, run.optimizer.momentum)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    for step in range(run.train.steps):
+        if on_step is not None:
+            on_step(step)
+        optimizer.zero_grad()
+        loss = logistic_objective(model(inputs), labels, model.weight, 0.0)
+        loss.backward()
+        optimizer.step()
+
+
 def naive_step_seconds(steps: int, repeats: int) -> tuple[float, float]:
     """(least, median) seconds of one step of the naive loop, each step timed alone as the trainer's."""
-
-    def train(on_step: Callable[[int], None]) -> None:
-        run = config(steps)
-        data = build_data(run)
-        inputs, labels = data.train.inputs, data.train.labels  # float64
-        model = CubicCNN(run.model.width, run.data.dim, run.model.init_std).double()
-        model.load_state_dict({"weight": build_model(run).weight.detach().double()})
-        lr, momentum = ema_to_heavy_ball(LR, MOMENTUM)
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-        for step in range(steps):
-            on_step(step)
-            optimizer.zero_grad()
-            loss = logistic_objective(model(inputs), labels, model.weight, 0.0)
-            loss.backward()
-            optimizer.step()
-
-    _, least, median = timed_steps(train, 1, repeats)
+    _, least, median = timed_steps(lambda on_step: naive_run(config(steps), on_step), 1, repeats)
     return least, median
 
 

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 import torch._dynamo  # torch.optim imports it on first use: here, that second stays out of the timings
+from feature_margin_step import naive_run
 from machine_limits import (
     FLOAT_BYTES,
     Product,
@@ -62,12 +63,10 @@ from machine_limits import (
 )
 
 from momentumlab.experiments.teacher_student import Settings as TableOneSettings
-from momentumlab.models.cubic_cnn import CubicCNN, logistic_objective
 from momentumlab.native import load_kernel
-from momentumlab.optim import ema_to_heavy_ball
 from momentumlab.runs.feature_margin import FeatureMarginRunConfig
 from momentumlab.runs.teacher_student import TeacherStudentRunConfig
-from momentumlab.train.feature_margin import build_data, build_model, train_feature_margin
+from momentumlab.train.feature_margin import build_data, train_feature_margin
 from momentumlab.train.feature_margin_batched import train_batched
 from momentumlab.train.teacher_student import steps_per_epoch, train_student
 from momentumlab.train.teacher_student_batched import train_students_batched
@@ -95,21 +94,6 @@ def feature_margin_config(seed: int, lr: float, steps: int) -> FeatureMarginRunC
             "train": {"steps": steps, "log_every": NEVER, "checkpoint_every": NEVER},
         }
     )
-
-
-def naive_run(config: FeatureMarginRunConfig) -> None:
-    """One run of the naive reference loop (as in feature_margin_step.py)."""
-    data = build_data(config)
-    inputs, labels = data.train.inputs, data.train.labels  # float64
-    model = CubicCNN(config.model.width, config.data.dim, config.model.init_std).double()
-    model.load_state_dict({"weight": build_model(config).weight.detach().double()})
-    lr, momentum = ema_to_heavy_ball(config.optimizer.lr, config.optimizer.momentum)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    for _ in range(config.train.steps):
-        optimizer.zero_grad()
-        loss = logistic_objective(model(inputs), labels, model.weight, 0.0)
-        loss.backward()
-        optimizer.step()
 
 
 def report(label: str, run_steps: int, elapsed: float) -> float:
