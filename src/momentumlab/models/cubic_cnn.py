@@ -148,7 +148,7 @@ class FullBatchCubicObjective:
         """Return (∇L(W), whether L(W) is finite), for a step that logs nothing: L itself is computed only
         where :func:`logistic_loss_bound` cannot show it finite. The gradient is :meth:`loss_and_gradient`'s."""
         gradient = self._pass(weight)
-        penalty = 0.5 * self.l2 * weight.square().sum() if self.l2 else 0.0  # (λ/2)‖W‖²
+        penalty = self._penalty(weight) if self.l2 else 0.0
         finite = math.isfinite(logistic_loss_bound(self._margins) + penalty) or math.isfinite(
             self._loss(weight)
         )
@@ -170,8 +170,11 @@ class FullBatchCubicObjective:
         """L(W) from the margins of the last pass, at `weight`."""
         loss = F.softplus(self._margins).mean()
         if self.l2:
-            loss = loss + 0.5 * self.l2 * weight.square().sum()
+            loss = loss + self._penalty(weight)
         return loss
+
+    def _penalty(self, weight: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.l2 * weight.square().sum()  # (λ/2)‖W‖²
 
     def kernel_pass(
         self, weight: torch.Tensor, outputs: torch.Tensor, gradient: torch.Tensor
