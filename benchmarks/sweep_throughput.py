@@ -23,7 +23,8 @@ step's achieved GFLOP/s is printed as a fraction of the `bmm` throughput at thos
 Beside it, per step and end to end: `train_student` one after another (target ≥ 10×), and the ceiling on
 that speed-up, R × one run's `train_student` step ÷ the batched step's products alone: a batched step
 cannot be faster than its products, so where one run already computes near the `bmm` throughput (the full
-batch students), batching cannot give 10×.
+batch students), batching cannot give 10×. Each student's logged row (`measure`, run by both trainers at
+the first and last epoch and every `log_every_epochs`) is timed against one forward over each whole set.
 
 Every training run is timed REPEATS times and the least counts (the naive loop's, minutes long, once).
 A step is timed alone (machine_limits.timed_steps): a feature–margin step between the engine's calls
@@ -52,6 +53,7 @@ from feature_margin_step import naive_run
 from machine_limits import (
     FLOAT_BYTES,
     Product,
+    best_seconds_each,
     clock_name,
     fraction_line,
     measure_bandwidth,
@@ -66,13 +68,22 @@ from momentumlab.experiments.teacher_student import Settings as TableOneSettings
 from momentumlab.native import load_kernel
 from momentumlab.runs.feature_margin import FeatureMarginRunConfig
 from momentumlab.runs.teacher_student import TeacherStudentRunConfig
+from momentumlab.train.common import DTYPES
 from momentumlab.train.feature_margin import build_data, train_feature_margin
 from momentumlab.train.feature_margin_batched import train_batched
-from momentumlab.train.teacher_student import steps_per_epoch, train_student
+from momentumlab.train.teacher_student import (
+    build_student,
+    build_student_data,
+    measure,
+    set_measurements,
+    steps_per_epoch,
+    train_student,
+)
 from momentumlab.train.teacher_student_batched import train_students_batched
 
 MOMENTUM = 0.99
 REPEATS = 3  # timings of each run length: the least counts
+ROW_REPEATS = 20
 STUDENT_WIDTHS = TableOneSettings().students  # Table 1's calibrated students
 MINIBATCH = TableOneSettings().minibatch.batch_size
 SEEDS = 4
@@ -210,6 +221,31 @@ def student_config(architecture: str, batch_size: int | None, seed: int, lr: flo
     )
 
 
+def row_line(config: TeacherStudentRunConfig) -> str:
+    """One run's logged row (`measure`: its forward in chunks) against the same row with one forward over
+    each whole set, as the rows were measured before; least of ROW_REPEATS interleaved warm calls."""
+    dtype = DTYPES[config.train.dtype]
+    model, data = build_student(config).to(dtype), build_student_data(config).to(torch.device("cpu"), dtype)
+    sets = {"train": data.train, "val": data.validation, "test": data.test}
+
+    @torch.no_grad()
+    def one_forward_per_set() -> dict[str, float]:
+        return {
+            key: value
+            for prefix, sample in sets.items()
+            for key, value in set_measurements(prefix, model(sample.inputs), sample.labels).items()
+        }
+
+    best = best_seconds_each(
+        {"chunks": lambda: measure(model, data, 0, 0), "one forward": one_forward_per_set}, ROW_REPEATS
+    )
+    examples = sum(len(sample.labels) for sample in sets.values())
+    return (
+        f"a logged row of one run ({examples} examples): measure() {1e3 * best['chunks']:.2f} ms, one forward "
+        f"per set {1e3 * best['one forward']:.2f} ms: {best['one forward'] / best['chunks']:.2f}x"
+    )
+
+
 def students_suite(runs: int, epochs: int) -> None:
     print(
         f"teacher–student: Table 1's students as the reproduction calibrates them, GD+M γ=0.9, {runs} runs "
@@ -218,6 +254,7 @@ def students_suite(runs: int, epochs: int) -> None:
     )
     totals = {"batched": 0.0, "sequential": 0.0}
     for architecture in STUDENT_WIDTHS:
+        print(f"  {architecture}: {row_line(student_config(architecture, None, 0, 1.0, epochs))}")
         for batch_size in (None, MINIBATCH):
 
             def batch(epochs: int, architecture=architecture, batch_size=batch_size) -> list:

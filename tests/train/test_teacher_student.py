@@ -16,8 +16,14 @@ from momentumlab.data.teacher import TeacherDataConfig, make_teacher, make_teach
 from momentumlab.models.mlp import build_network
 from momentumlab.runs import RunRecord
 from momentumlab.runs.teacher_student import TeacherStudentRunConfig
+from momentumlab.train import teacher_student
 from momentumlab.train.common import minibatch_indices
-from momentumlab.train.teacher_student import build_student, build_student_data, train_student
+from momentumlab.train.teacher_student import (
+    build_student,
+    build_student_data,
+    outputs_in_chunks,
+    train_student,
+)
 from momentumlab.train.teacher_student_batched import student_batch_key, train_students_batched
 
 TEACHERS = ("linear", "mlp1", "mlp2", "cnn1", "cnn2")
@@ -240,6 +246,28 @@ def test_every_optimizer_and_teacher_of_a_seed_starts_from_the_same_weights():
         for a, b in zip(reference.parameters(), build_student(other).parameters()):
             assert torch.equal(a, b)
     assert not torch.equal(reference.readout.weight, build_student(tiny("cnn1", seed=1)).readout.weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("architecture", "per_example"), [("linear", 30), ("mlp2", 64), ("cnn1", 16 * 30)])
+def test_a_row_is_measured_in_chunks_with_the_bits_of_one_forward(
+    monkeypatch, architecture, per_example, dtype
+):
+    """Chunks are the largest power of two (≥ 64 examples) within ROW_CHUNK_BYTES of read-out inputs."""
+    width = {"linear": 1, "mlp2": 64, "cnn1": 16}[architecture]
+    model = build_network(architecture, 30, width, 5, torch.Generator().manual_seed(0)).to(dtype)
+    inputs = torch.randn(1000, 30, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    with torch.no_grad():
+        whole = model(inputs)
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
+    itemsize = inputs.element_size()
+    for budget, size in ((300 * per_example * itemsize, 256), (256 * per_example * itemsize, 256), (1, 64)):
+        monkeypatch.setattr(teacher_student, "ROW_CHUNK_BYTES", budget)
+        calls.clear()
+        with torch.no_grad():
+            assert torch.equal(outputs_in_chunks(model, inputs), whole)
+        assert calls == [size] * (1000 // size) + [1000 % size]
 
 
 def test_rows_fit_the_training_set_and_are_logged_on_schedule():
