@@ -71,19 +71,23 @@ def best_seconds(work: Callable[[], object], repeats: int) -> float:
 
 
 def timed_steps(
-    train: Callable[[Callable[[int], None]], object], per_call: int, repeats: int
+    train: Callable[[Callable[[int], None]], object],
+    per_call: int,
+    repeats: int,
+    timer: Callable[[], float] = clock,
 ) -> tuple[float, float, float]:
     """(least seconds of a whole run, least and median seconds of a step) over `repeats` calls of
     `train(on_step)`, a training run that calls `on_step` every `per_call` steps (once per step, or once
     per epoch). Each interval between successive calls is timed, leaving out the first (warm-up) and the
     last (no call follows it; the last logged row is measured there), so neither setup nor measurements
-    count in a step. The least is the step least disturbed by other jobs, as every bound here is."""
+    count in a step. The least is the step least disturbed by other jobs, as every bound here is.
+    `timer` reads the time (default :func:`clock`)."""
     runs, steps = [], []
     for _ in range(repeats):
         marks: list[float] = []
-        started = clock()
-        train(lambda _, marks=marks: marks.append(clock()))
-        runs.append(clock() - started)
+        started = timer()
+        train(lambda _, marks=marks: marks.append(timer()))
+        runs.append(timer() - started)
         steps += [(after - before) / per_call for before, after in itertools.pairwise(marks[1:])]
     return min(runs), min(steps), statistics.median(steps)
 
@@ -237,9 +241,9 @@ def record_products(work: Callable[[], object]) -> list[RecordedProduct]:
     return recorded
 
 
-def replay(products: Sequence[RecordedProduct]) -> Callable[[], None]:
+def replay(products: Sequence[RecordedProduct], device: str | torch.device = "cpu") -> Callable[[], None]:
     """A function that runs `products` alone, one after another, on fresh tensors of the recorded sizes
-    and strides (made once)."""
+    and strides (made once, on `device`)."""
     from torch.utils._pytree import tree_map
 
     def materialize(value: object) -> object:
@@ -247,7 +251,7 @@ def replay(products: Sequence[RecordedProduct]) -> Callable[[], None]:
             return value
         storage = 1 + sum((size - 1) * stride for size, stride in zip(value.size, value.stride))
         return (
-            torch.empty(storage).uniform_(-1, 1).as_strided(value.size, value.stride)
+            torch.empty(storage, device=device).uniform_(-1, 1).as_strided(value.size, value.stride)
         )  # broadcast views too
 
     calls = [(p.op, tree_map(materialize, p.args), tree_map(materialize, p.kwargs)) for p in products]

@@ -7,13 +7,18 @@ import math
 import pandas as pd
 import pytest
 import torch
-from helpers import make_tiny_config, raise_at
+from helpers import NEEDS_CUDA, NEVER, make_tiny_config, on_device, raise_at, syncs_per_mark
 
 import momentumlab.train.feature_margin_batched as batched_module
 from momentumlab.native import load_kernel, native_compiler
 from momentumlab.optim.momentum import OptimizerConfig, build_optimizer
 from momentumlab.train.feature_margin import build_data, train_feature_margin
-from momentumlab.train.feature_margin_batched import batch_key, rule_coefficients, train_batched
+from momentumlab.train.feature_margin_batched import (
+    batch_key,
+    full_batch_slices,
+    rule_coefficients,
+    train_batched,
+)
 
 SMALL = (
     "data.n_train=200",
@@ -76,6 +81,45 @@ def batched():
 
 
 # --- agreement with solo runs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["full-batch-float64", "minibatch-float64"])
+def test_the_gpus_sliced_full_batch_gives_the_chunked_passes_runs(batched, mode, monkeypatch):
+    """The GPU's full batch (all examples at once, cut into S slices batched in each product, the
+    gradient's partial sums added after), forced on the CPU with 4 slices of 50 examples."""
+    monkeypatch.setattr(batched_module, "full_batch_slices", lambda n, device: 4)
+    sliced = train_batched(configs_for(mode), [None] * len(MIXED))
+    for with_slices, chunked in zip(sliced, batched[mode], strict=True):
+        assert_records_match(with_slices, chunked, **TOLERANCE["float64"])
+
+
+def test_the_gpu_cuts_the_examples_into_the_most_slices_of_at_least_256():
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert [full_batch_slices(n, gpu) for n in (20_000, 1_000, 512, 511, 200, 20_011)] == [50, 2, 2, 1, 1, 1]
+    assert full_batch_slices(20_000, cpu) == 1
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("mode", ["full-batch-float64", "minibatch-float64"])
+def test_a_mixed_batch_trains_on_the_gpu_as_on_the_cpu(batched, mode):
+    """The GPU path (one `bmm` pair per bucket over all examples) gives the CPU's runs; the weights come
+    back to the host."""
+    cuda = train_batched([on_device(config, "cuda") for config in configs_for(mode)], [None] * len(MIXED))
+    for on_gpu, on_cpu in zip(cuda, batched[mode], strict=True):
+        assert on_gpu.weights["weight"].device.type == "cpu"
+        assert_records_match(on_gpu, on_cpu, **TOLERANCE["float64"])
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("batch_size", [None, 32])
+def test_a_batched_step_on_the_gpu_syncs_once(batch_size):
+    """Steps 1 … 18 of 20 (epochs of 6 steps begin among them): the finiteness check is the only sync."""
+    configs = [
+        on_device(config, "cuda", steps=20, log_every=NEVER, checkpoint_every=NEVER, batch_size=batch_size)
+        for config in configs_for("full-batch-float32")
+    ]
+    counts = syncs_per_mark(lambda on_step: train_batched(configs, [None] * len(MIXED), on_step=on_step))
+    assert counts == [1] * 18
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import fail_on_step, raise_at
+from helpers import NEEDS_CUDA, fail_on_step, raise_at, syncs_per_mark
 
 from momentumlab.config import ConfigError, validate
 from momentumlab.models.conv import SmallCNN
@@ -103,6 +103,8 @@ def test_updates_equal_autograd_reference(sections):
     config = digits_config(**sections)
     record = train_images(config)
     assert record.status == "complete"
+    steps_per_epoch = 64 // (config.train.batch_size or 64)
+    assert record.extra == {"steps_per_epoch": steps_per_epoch, "train_size": 64, "test_size": 32}
     expected = reference_weights(config)
     for key, value in record.weights.items():
         torch.testing.assert_close(value, expected[key], rtol=1e-5, atol=1e-6)
@@ -226,13 +228,40 @@ def test_subset_larger_than_the_dataset_is_refused():
 )
 def test_cuda_bf16_channels_last_run_matches_cpu_closely():
     sections = {"model": {"name": "resnet18", "norm": "none"}, "optimizer": {"name": "gd", "lr": 0.05}}
-    cpu = train_images(digits_config(**sections, train={"epochs": 2, "chunk_size": 24}))
-    cuda = train_images(
-        digits_config(**sections, train={"epochs": 2, "chunk_size": 24, "device": "cuda", "bf16": True})
-    )
+    # no sharpness: Lanczos on ResNet-18 takes minutes on a CPU
+    train = {"epochs": 2, "chunk_size": 24, "sharpness_at_end": False}
+    cpu = train_images(digits_config(**sections, train=train))
+    cuda = train_images(digits_config(**sections, train={**train, "device": "cuda", "bf16": True}))
     assert cuda.status == "complete"
     for row_cpu, row_cuda in zip(cpu.rows, cuda.rows):
         assert row_cuda["train_loss"] == pytest.approx(row_cpu["train_loss"], rel=0.05)
+
+
+@NEEDS_CUDA
+def test_minibatches_on_the_gpu_train_as_on_the_cpu():
+    """float32 without autocast: the epoch's order goes to the GPU once; cuDNN's convolutions (TF32 by
+    default) round differently from the CPU's, so the rows agree closely, not bit for bit."""
+    sections = {"optimizer": {"name": "ema_momentum", "lr": 0.1, "momentum": 0.9}}
+    train = {"epochs": 2, "batch_size": 16, "bf16": False, "channels_last": False}
+    cpu = train_images(digits_config(**sections, train=train))
+    cuda = train_images(digits_config(**sections, train={**train, "device": "cuda"}))
+    assert cuda.status == cpu.status == "complete"
+    for row_cpu, row_cuda in zip(cpu.rows, cuda.rows, strict=True):
+        assert row_cuda["train_loss"] == pytest.approx(row_cpu["train_loss"], rel=1e-2)
+
+
+@NEEDS_CUDA
+def test_an_image_training_step_on_the_gpu_syncs_once():
+    """Steps 1 … 10 of 12 (4 per epoch): the loss's finiteness check is the only sync."""
+    train = {
+        "epochs": 3,
+        "batch_size": 16,
+        "log_every_epochs": 3,
+        "device": "cuda",
+        "sharpness_at_end": False,
+    }
+    config = digits_config(train=train)
+    assert syncs_per_mark(lambda on_step: train_images(config, on_step=on_step)) == [1] * 10
 
 
 def test_final_sharpness_matches_the_dense_hessian():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import raise_at
+from helpers import NEEDS_CUDA, NEVER, on_device, raise_at, syncs_per_mark
 
 from momentumlab import native
 from momentumlab.config import validate
@@ -22,6 +22,7 @@ from momentumlab.train.teacher_student import (
     build_student,
     build_student_data,
     outputs_in_chunks,
+    steps_per_epoch,
     train_student,
 )
 from momentumlab.train.teacher_student_batched import student_batch_key, train_students_batched
@@ -405,3 +406,25 @@ def test_batched_refuses_mixed_positions_and_unbatchable_configs(tmp_path: Path)
         train_students_batched([configs[0], tiny(batch_size=8)], [None, None])
     with pytest.raises(ValueError, match="one checkpoint path per config"):
         train_students_batched(configs, [None])
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("architecture", STUDENTS)
+@pytest.mark.parametrize("batch_size", [None, 10])
+def test_a_mixed_batch_of_students_trains_on_the_gpu_as_on_the_cpu(architecture, batch_size):
+    configs = mixed_batch(architecture, batch_size)
+    cuda = train_students_batched([on_device(config, "cuda") for config in configs], [None] * len(configs))
+    for on_gpu, on_cpu in zip(cuda, train_students_batched(configs, [None] * len(configs)), strict=True):
+        assert_same_record(on_gpu, on_cpu)
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("batch_size", [None, 10])
+def test_a_batched_student_step_on_the_gpu_syncs_once(batch_size):
+    """Epochs 1 … 4 of 6, marked per epoch: one sync per step, none for the epoch's minibatch order."""
+    configs = [
+        on_device(config, "cuda", epochs=6, log_every_epochs=NEVER, checkpoint_every_epochs=NEVER)
+        for config in mixed_batch("cnn1", batch_size)
+    ]
+    counts = syncs_per_mark(lambda on_step: train_students_batched(configs, [None] * 5, on_step=on_step))
+    assert counts == [steps_per_epoch(configs[0])] * 4

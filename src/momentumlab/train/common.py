@@ -1,4 +1,4 @@
-"""What the trainers share: float dtypes by name and the stateless minibatch order."""
+"""What the trainers share: float dtypes by name, the stateless minibatch order and its copy to a GPU."""
 
 from __future__ import annotations
 
@@ -20,3 +20,11 @@ def minibatch_indices(seed: int, step: int, batch_size: int, n: int) -> torch.Te
         n, generator=torch.Generator().manual_seed(minibatch_order_seed(seed, epoch))
     )
     return permutation[position * batch_size : (position + 1) * batch_size]
+
+
+def order_on_device(order: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A minibatch order drawn on the host, on `device`: to a GPU through pinned memory, queued on the
+    stream without waiting for it (a training loop's one sync per step stays its only one)."""
+    if device.type != "cuda":
+        return order.to(device)
+    return order.pin_memory().to(device, non_blocking=True)

@@ -9,7 +9,8 @@ minibatch products are batched over runs:
   :class:`~momentumlab.models.cubic_cnn.FullBatchCubicObjective` (one tiled copy of each dataset); on a
   GPU, in float64 or without a compiler, the R_k runs sharing a dataset form one (R_k·m, d) matrix
   against that dataset's (d, N·P) transposed data, and datasets with equally many runs share one `bmm`
-  (on the CPU, one per cache-sized chunk of examples);
+  (on the CPU, one per cache-sized chunk of examples; on a GPU, one over all examples, cut into
+  slices batched in the products: :func:`full_batch_slices`);
 - minibatches: each run's batch (the one :func:`minibatch_indices` gives its solo run) is gathered
   into an (R, B·P, d) tensor and the products are one `bmm` over runs;
 - update: every rule is b ← μb + τ∇; W ← W − c_g∇ − c_b·b with per-run coefficients
@@ -44,13 +45,14 @@ from momentumlab.optim.momentum import OptimizerConfig, build_optimizer
 from momentumlab.probes.projections import feature_margin_measurements
 from momentumlab.runs.record import RunRecord
 from momentumlab.train.checkpoint import checkpoint_position, load_checkpoint, save_checkpoint
-from momentumlab.train.common import DTYPES, minibatch_indices
+from momentumlab.train.common import DTYPES, minibatch_indices, order_on_device
 from momentumlab.train.feature_margin import build_data, build_model, logged_steps, sharpness
 
 if TYPE_CHECKING:
     from momentumlab.runs.feature_margin import FeatureMarginRunConfig
 
 CPU_CHUNK_ELEMENTS = 2**19  # elements of a full-batch buffer per chunk on the CPU (2 MiB in float32)
+GPU_SLICE_EXAMPLES = 256  # the least examples per slice of the GPU's full batch
 
 
 def batch_key(config: FeatureMarginRunConfig) -> str | None:
@@ -96,16 +98,29 @@ class _Bucket:
     inputs_t: torch.Tensor  # (K, d, N·P)
     neg_labels: torch.Tensor  # (K, 1, N)
     chunk: int  # examples per pass
+    slices: int  # S: the whole batch in one pass, its examples cut into S slices batched in each product
+    inputs_sliced: torch.Tensor | None  # (K·S, d, N·P/S): slice s of dataset k is entry k·S + s
     projections: torch.Tensor  # flat buffer for (K, s·m, chunk·P)
     squares: torch.Tensor  # flat buffer for (K, s·m, chunk·P)
     loss: torch.Tensor  # (K, s) buffer
     gradient_t: torch.Tensor  # (K, d, s·m) buffer: this product order is the faster one
 
 
+def full_batch_slices(n: int, device: torch.device) -> int:
+    """S, the slices of n examples in the full batch's products: 1 on the CPU; on a GPU the most that
+    divide n with at least GPU_SLICE_EXAMPLES examples each. The gradient's product sums over all N·P
+    columns into a small (d × R_k·m) result, which one product computes on a few of the GPU's
+    multiprocessors; S slices make S times as many products, whose results are summed (a split-K product)."""
+    if device.type != "cuda":
+        return 1
+    return max(s for s in range(1, max(1, n // GPU_SLICE_EXAMPLES) + 1) if n % s == 0)
+
+
 class _StackedFullBatch:
     """Full-batch (L without λ, ∇L without λW) of all runs: per bucket, one pair of `bmm` per chunk of
     examples. On the CPU a chunk's buffers stay in cache between the products (1.6× faster than
-    whole-data passes for 32 default runs, measured on one thread); on a GPU the data is one chunk."""
+    whole-data passes for 32 default runs, measured on one thread); on a GPU the data is one chunk, cut
+    into slices (:func:`full_batch_slices`)."""
 
     def __init__(self, buckets: list[tuple[list[FeatureMarginSet], int]], width: int):
         self.width, self.buckets = width, []
@@ -115,8 +130,16 @@ class _StackedFullBatch:
             count, rows = len(sets), runs_per_set * width
             inputs_t = torch.stack([s.inputs.reshape(n * patches, dim).T for s in sets])
             like = {"dtype": inputs_t.dtype, "device": inputs_t.device}
-            on_gpu = inputs_t.device.type == "cuda"
-            chunk = n if on_gpu else max(1, min(n, CPU_CHUNK_ELEMENTS // (count * rows * patches)))
+            slices = full_batch_slices(n, inputs_t.device)
+            if inputs_t.device.type == "cuda" or slices > 1:
+                chunk = n
+            else:
+                chunk = max(1, min(n, CPU_CHUNK_ELEMENTS // (count * rows * patches)))
+            sliced = None
+            if slices > 1:  # (K, d, S, N·P/S) → (K·S, d, N·P/S), made once
+                sliced = (
+                    inputs_t.view(count, dim, slices, -1).transpose(1, 2).reshape(count * slices, dim, -1)
+                )
             self.buckets.append(
                 _Bucket(
                     runs=slice(start, start + count * runs_per_set),
@@ -124,6 +147,8 @@ class _StackedFullBatch:
                     inputs_t=inputs_t,
                     neg_labels=-torch.stack([s.labels for s in sets])[:, None, :],
                     chunk=chunk,
+                    slices=slices,
+                    inputs_sliced=sliced,
                     projections=torch.empty(count * rows * chunk * patches, **like),
                     squares=torch.empty(count * rows * chunk * patches, **like),
                     loss=torch.empty(count, runs_per_set, **like),
@@ -137,33 +162,58 @@ class _StackedFullBatch:
     ) -> None:
         """Write each run's loss into `losses` (R,) and gradient into `gradients` (R, m, d). The losses come
         out of the chunks' products anyway, so they are written whatever `exact` says."""
-        m = self.width
         for bucket in self.buckets:
-            count, dim, columns = bucket.inputs_t.shape
-            per_set, n = bucket.runs_per_set, bucket.neg_labels.shape[-1]
-            patches = columns // n
-            stacked = weight[bucket.runs].view(count, per_set * m, dim)
-            bucket.loss.zero_()
-            for first in range(0, n, bucket.chunk):
-                size = min(bucket.chunk, n - first)
-                inputs_t = bucket.inputs_t[:, :, first * patches : (first + size) * patches]
-                shape = (count, per_set * m, size * patches)
-                projections = bucket.projections[: math.prod(shape)].view(shape)
-                squares = bucket.squares[: math.prod(shape)].view(shape)
-                torch.bmm(stacked, inputs_t, out=projections)  # ⟨w_r, X_i[j]⟩
-                torch.mul(projections, projections, out=squares)
-                cubes = projections.mul_(squares).view(count, per_set, m, size, patches)
-                outputs = cubes.sum(dim=2).sum(dim=3)  # f_i, (K, s, chunk)
-                share, coefficient = _logistic_terms(
-                    outputs, bucket.neg_labels[:, :, first : first + size], n
-                )
-                bucket.loss.add_(share)
-                squares.view(count, per_set, m, -1).mul_(
-                    coefficient.repeat_interleave(patches, dim=-1)[:, :, None]
-                )
-                bucket.gradient_t.baddbmm_(inputs_t, squares.transpose(1, 2), beta=0 if first == 0 else 1)
-            gradients[bucket.runs].view(count, per_set * m, dim).copy_(bucket.gradient_t.transpose(1, 2))
+            count, dim, rows = bucket.gradient_t.shape
+            stacked = weight[bucket.runs].view(count, rows, dim)
+            if bucket.slices > 1:
+                self._sliced_pass(bucket, stacked)
+            else:
+                self._chunked_pass(bucket, stacked)
+            gradients[bucket.runs].view(count, rows, dim).copy_(bucket.gradient_t.transpose(1, 2))
         self.exact_losses(losses)
+
+    def _chunked_pass(self, bucket: _Bucket, stacked: torch.Tensor) -> None:
+        """`bucket.loss` and `bucket.gradient_t` summed over chunks of examples, one pair of `bmm` each."""
+        count, _, columns = bucket.inputs_t.shape
+        per_set, m, n = bucket.runs_per_set, self.width, bucket.neg_labels.shape[-1]
+        patches = columns // n
+        bucket.loss.zero_()
+        for first in range(0, n, bucket.chunk):
+            size = min(bucket.chunk, n - first)
+            inputs_t = bucket.inputs_t[:, :, first * patches : (first + size) * patches]
+            shape = (count, per_set * m, size * patches)
+            projections = bucket.projections[: math.prod(shape)].view(shape)
+            squares = bucket.squares[: math.prod(shape)].view(shape)
+            torch.bmm(stacked, inputs_t, out=projections)  # ⟨w_r, X_i[j]⟩
+            torch.mul(projections, projections, out=squares)
+            cubes = projections.mul_(squares).view(count, per_set, m, size, patches)
+            outputs = cubes.sum(dim=2).sum(dim=3)  # f_i, (K, s, chunk)
+            share, coefficient = _logistic_terms(outputs, bucket.neg_labels[:, :, first : first + size], n)
+            bucket.loss.add_(share)
+            squares.view(count, per_set, m, -1).mul_(
+                coefficient.repeat_interleave(patches, dim=-1)[:, :, None]
+            )
+            bucket.gradient_t.baddbmm_(inputs_t, squares.transpose(1, 2), beta=0 if first == 0 else 1)
+
+    def _sliced_pass(self, bucket: _Bucket, stacked: torch.Tensor) -> None:
+        """`bucket.loss` and `bucket.gradient_t` from all examples at once, their S slices batched in each
+        `bmm` (K·S products) and the gradient's S partial sums added after."""
+        count, dim, rows = bucket.gradient_t.shape
+        per_set, m, n, slices = bucket.runs_per_set, self.width, bucket.neg_labels.shape[-1], bucket.slices
+        size = n // slices  # examples per slice
+        shape = (count * slices, rows, bucket.inputs_sliced.shape[-1])
+        projections, squares = bucket.projections.view(shape), bucket.squares.view(shape)
+        repeated = stacked.repeat_interleave(slices, dim=0)  # a dataset's runs once per slice
+        torch.bmm(repeated, bucket.inputs_sliced, out=projections)  # ⟨w_r, X_i[j]⟩
+        torch.mul(projections, projections, out=squares)
+        cubes = projections.mul_(squares).view(count, slices, per_set, m, size, -1)
+        outputs = cubes.sum(dim=3).sum(dim=4).transpose(1, 2).reshape(count, per_set, n)  # f_i, (K, s, N)
+        share, coefficient = _logistic_terms(outputs, bucket.neg_labels, n)
+        bucket.loss.copy_(share)
+        coefficient = coefficient.view(count, per_set, slices, size).transpose(1, 2)  # (K, S, s, N/S)
+        squares.view(count, slices, per_set, m, size, -1).mul_(coefficient[:, :, :, None, :, None])
+        partial = torch.bmm(bucket.inputs_sliced, squares.transpose(1, 2))  # each slice's, (K·S, d, R_k·m)
+        torch.sum(partial.view(count, slices, dim, rows), dim=1, out=bucket.gradient_t)
 
     def exact_losses(self, losses: torch.Tensor) -> None:
         """Write each run's loss at the last call's weights into `losses` (R,)."""
@@ -251,7 +301,8 @@ class _StackedMinibatch:
         epoch, position = divmod(step, self.n // self.batch_size)
         if epoch != self.epoch:  # minibatch_indices(seed, e, n, n) is the whole permutation of epoch e
             permutations = [minibatch_indices(seed, epoch, self.n, self.n) for seed in self.seeds]
-            self.epoch, self.permutations = epoch, torch.stack(permutations).to(self.offsets.device)
+            stacked = torch.stack(permutations)
+            self.epoch, self.permutations = epoch, order_on_device(stacked, self.offsets.device)
         columns = slice(position * self.batch_size, (position + 1) * self.batch_size)
         batch = self.permutations[self.seed_slot, columns] + self.offsets  # (R, B) rows of self.inputs
         inputs = self.inputs[batch.view(-1)].view(runs, -1, dim)  # (R, B·P, d)

@@ -53,6 +53,7 @@ from momentumlab.probes.curvature import model_hvp, top_eigenvalues
 from momentumlab.runs.record import RunRecord
 from momentumlab.seeds import initialization_seed, minibatch_order_seed
 from momentumlab.train.checkpoint import load_checkpoint, save_checkpoint
+from momentumlab.train.common import order_on_device
 
 if TYPE_CHECKING:
     from momentumlab.runs.image import ImageRunConfig
@@ -305,17 +306,18 @@ def train_images(
         lr, batch_size, momentum = hyperparameters[epoch]
         for group in optimizer.param_groups:
             group["lr"], group["momentum"] = lr, momentum
-        for position, batch in enumerate(epoch_batches(config.seed, epoch, n, batch_size)):
+        epoch_order = epoch_batches(config.seed, epoch, n, batch_size)
+        if batch_size is not None:  # the epoch's order copied to the device once, not every step
+            epoch_order = order_on_device(torch.cat(epoch_order), device).split(batch_size)
+        for position, batch in enumerate(epoch_order):
             step = first_step[epoch] + position
             if on_step is not None:
                 on_step(step)
             images, labels = (
-                (train_inputs, train_labels)
-                if batch is None
-                else (train_inputs[batch.to(device)], train_labels[batch.to(device)])
+                (train_inputs, train_labels) if batch is None else (train_inputs[batch], train_labels[batch])
             )
             loss = accumulate_gradient(model, images, labels, spec.chunk_size, precision, memory_format)
-            if not math.isfinite(loss.item()):
+            if not math.isfinite(loss.item()):  # the step's one sync
                 status, diverged_at = "diverged", step
                 break
             with torch.no_grad():

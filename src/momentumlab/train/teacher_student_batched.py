@@ -47,7 +47,7 @@ from momentumlab.optim.momentum import OptimizerConfig, build_optimizer
 from momentumlab.optim.stacked_update import stacked_update, update_coefficients
 from momentumlab.runs.record import RunRecord
 from momentumlab.train.checkpoint import checkpoint_position, load_checkpoint, save_checkpoint
-from momentumlab.train.common import DTYPES, minibatch_indices
+from momentumlab.train.common import DTYPES, minibatch_indices, order_on_device
 from momentumlab.train.teacher_student import (
     build_student,
     build_student_data,
@@ -189,7 +189,8 @@ class _Chunk:
                 permutations = [minibatch_indices(run.config.seed, epoch, n, n) for run in self.runs]
                 # run r's examples are rows r·n … r·n + n − 1 of the runs' stacked data
                 offsets = n * torch.arange(len(self.runs))[:, None]
-                self.epoch, self.permutations = epoch, (torch.stack(permutations) + offsets).to(labels.device)
+                stacked = torch.stack(permutations) + offsets
+                self.epoch, self.permutations = epoch, order_on_device(stacked, labels.device)
             rows = self.permutations[:, position * batch_size : (position + 1) * batch_size].flatten()
             labels = labels.reshape(-1).index_select(0, rows).view(len(self.runs), batch_size)
             features = self.students.minibatch_features(self.inputs, features, rows)
