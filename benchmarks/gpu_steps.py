@@ -49,7 +49,7 @@ from momentumlab.runs.image import ImageRunConfig
 from momentumlab.train.feature_margin import build_data
 from momentumlab.train.feature_margin_batched import train_batched
 from momentumlab.train.images import accumulate_gradient, build_image_model, train_images
-from momentumlab.train.syncs import SyncCounter
+from momentumlab.train.syncs import syncs_per_mark
 from momentumlab.train.teacher_student import steps_per_epoch
 from momentumlab.train.teacher_student_batched import train_students_batched
 
@@ -113,9 +113,7 @@ def products_alone(work: Callable[[], object], evaluations: int) -> tuple[float,
 
 def syncs_line(train: Callable[[Callable[[int], None]], object], per_mark: int) -> str:
     """Syncs per step between `on_step` marks (each `per_mark` steps), the first and the last left out."""
-    with SyncCounter() as syncs:
-        train(syncs.mark)
-    counts = [count / per_mark for _, count in syncs.between_marks()[1:]]
+    counts = [count / per_mark for count in syncs_per_mark(train)]
     return f"syncs per step {min(counts):g}–{max(counts):g} over {len(counts)} marks"
 
 

@@ -11,7 +11,6 @@ import torch
 
 from momentumlab.config import apply_overrides, validate
 from momentumlab.runs.feature_margin import FeatureMarginRunConfig
-from momentumlab.train.syncs import SyncCounter
 
 # Small enough that a 60-step full-batch run takes well under a second, large enough that the
 # feature–margin data has a few small-margin examples (μ = 0.02) and checkpoints fall mid-run.
@@ -56,11 +55,3 @@ NEVER = 10**9  # a log or checkpoint interval beyond any run: rows only at the f
 def on_device(config: Any, device: str, **train: Any) -> Any:
     """`config` with `train.device` = `device` and the other `train` fields given."""
     return config.model_copy(update={"train": config.train.model_copy(update={"device": device, **train})})
-
-
-def syncs_per_mark(train: Callable[[Callable[[int], None]], object]) -> list[int]:
-    """Host–device syncs between successive `on_step` calls of `train(on_step)` on a GPU; the first
-    interval (after the first row) and the last call (before the last row) are left out."""
-    with SyncCounter() as syncs:
-        train(syncs.mark)
-    return [count for _, count in syncs.between_marks()[1:]]

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from helpers import NEEDS_CUDA, NEVER, make_tiny_config, on_device, raise_at, syncs_per_mark
+from helpers import NEEDS_CUDA, NEVER, make_tiny_config, on_device, raise_at
 
 import momentumlab.train.feature_margin_batched as batched_module
 from momentumlab.native import load_kernel, native_compiler
@@ -19,6 +19,7 @@ from momentumlab.train.feature_margin_batched import (
     rule_coefficients,
     train_batched,
 )
+from momentumlab.train.syncs import syncs_per_mark
 
 SMALL = (
     "data.n_train=200",

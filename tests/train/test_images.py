@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import NEEDS_CUDA, fail_on_step, raise_at, syncs_per_mark
+from helpers import NEEDS_CUDA, fail_on_step, raise_at
 
 from momentumlab.config import ConfigError, validate
 from momentumlab.models.conv import SmallCNN
@@ -29,6 +29,7 @@ from momentumlab.train.images import (
     standardize,
     train_images,
 )
+from momentumlab.train.syncs import syncs_per_mark
 
 
 def digits_config(**sections) -> ImageRunConfig:

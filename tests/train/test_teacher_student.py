@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import NEEDS_CUDA, NEVER, on_device, raise_at, syncs_per_mark
+from helpers import NEEDS_CUDA, NEVER, on_device, raise_at
 
 from momentumlab import native
 from momentumlab.config import validate
@@ -18,6 +18,7 @@ from momentumlab.runs import RunRecord
 from momentumlab.runs.teacher_student import TeacherStudentRunConfig
 from momentumlab.train import teacher_student
 from momentumlab.train.common import minibatch_indices
+from momentumlab.train.syncs import syncs_per_mark
 from momentumlab.train.teacher_student import (
     build_student,
     build_student_data,

@@ -5,13 +5,14 @@ finite) and never otherwise: every other sync stalls the host while the GPU drai
 sync debug mode warns at each synchronizing CUDA call (`.item()`, `.tolist()`, a blocking copy to or
 from the host, `nonzero`, ...); :class:`SyncCounter` counts those warnings, and :meth:`SyncCounter.mark`,
 given to a trainer as `on_step`, records the count at each step so that the syncs of each step can be
-read off.
+read off (:func:`syncs_per_mark`).
 """
 
 from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Callable
 
 import torch
 from typing_extensions import Self
@@ -47,3 +48,11 @@ class SyncCounter:
     def between_marks(self) -> list[tuple[int, int]]:
         """(step, syncs from its mark to the next mark) for every mark but the last."""
         return [(step, after - before) for (step, before), (_, after) in itertools.pairwise(self.marks)]
+
+
+def syncs_per_mark(train: Callable[[Callable[[int], None]], object]) -> list[int]:
+    """Syncs between successive `on_step` calls of `train(on_step)` on a GPU; the first interval (after the
+    first logged row) and the last call (before the last row) are left out."""
+    with SyncCounter() as syncs:
+        train(syncs.mark)
+    return [count for _, count in syncs.between_marks()[1:]]
