@@ -42,6 +42,7 @@ from machine_limits import (
     timed_steps,
 )
 
+from momentumlab.memory import reuse_freed_memory
 from momentumlab.models.cubic_cnn import CubicCNN, FullBatchCubicObjective, logistic_objective
 from momentumlab.optim import ema_to_heavy_ball
 from momentumlab.runs.feature_margin import FeatureMarginRunConfig
@@ -102,6 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as the trainers do on their first call: every timing under the same allocator
     run = config(args.steps)
     data = build_data(run).to(torch.device("cpu"), torch.float32)
     inputs, labels = data.train.inputs, data.train.labels

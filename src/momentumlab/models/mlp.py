@@ -40,7 +40,7 @@ class MLP(nn.Module):
         """f(x) of shape (N,) for inputs of shape (N, d)."""
         hidden = inputs
         for layer in self.hidden:
-            hidden = torch.relu(layer(hidden))
+            hidden = torch.relu_(layer(hidden))
         return self.readout(hidden).squeeze(-1)
 
 
@@ -63,7 +63,7 @@ class CNN1d(nn.Module):
         """f(x) of shape (N,) for inputs of shape (N, d)."""
         hidden = inputs.unsqueeze(-2)  # one input channel: (N, 1, d)
         for convolution in self.convolutions:
-            hidden = torch.relu(convolution(hidden))
+            hidden = torch.relu_(convolution(hidden))
         return self.readout(hidden.flatten(-2)).squeeze(-1)
 
 

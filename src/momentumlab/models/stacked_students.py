@@ -244,7 +244,10 @@ class StackedStudents:
         readout = readout.view(runs, channels, d)  # a, (R, C, d) as the module flattens
         readout = F.pad(readout, (left, k - 1 - left))  # zero on padding positions
         top = inner[-1].reshape(runs * channels, n, span)  # one matrix per (run, channel)
-        per_channel = torch.bmm(top, readout.reshape(runs * channels, span, 1))  # Σ_p a_cp h_cp(x_i)
+        # Σ_p a_cp h_cp(x_i) as the row aᵀhᵀ (aᵀ a transposed column): 3–4.7× faster on the CPU than the
+        # column h a, with the same bits in float32 (not in float64; nor with aᵀ a contiguous row)
+        column = readout.reshape(runs * channels, span, 1)
+        per_channel = torch.bmm(column.transpose(1, 2), top.transpose(1, 2))  # (R·C, 1, n)
         outputs = per_channel.view(runs, channels, n).sum(dim=1) + readout_bias
         loss, g = self._logistic(outputs, labels)
         rows = g.unsqueeze(1).expand(runs, channels, n).reshape(runs * channels, 1, n)

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from momentumlab.data.feature_margin import FeatureMarginData, make_feature_margin_data
+from momentumlab.memory import reuse_freed_memory
 from momentumlab.models.cubic_cnn import (
     CubicCNN,
     FullBatchCubicObjective,
@@ -119,6 +120,7 @@ def train_feature_margin(
 
     `on_step(t)` is called before step t (tests use it to interrupt a run at a chosen step).
     """
+    reuse_freed_memory()
     started = time.perf_counter()
     dtype, device = DTYPES[config.train.dtype], torch.device(config.train.device)
     data = build_data(config).to(device, dtype)

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from momentumlab.config import content_hash
 from momentumlab.data.feature_margin import FeatureMarginData, FeatureMarginSet
+from momentumlab.memory import reuse_freed_memory
 from momentumlab.models.cubic_cnn import FullBatchCubicObjective, logistic_loss_bound
 from momentumlab.optim.momentum import OptimizerConfig, build_optimizer
 from momentumlab.probes.projections import feature_margin_measurements
@@ -358,6 +359,7 @@ def train_batched(
     `checkpoints[i]` is run i's checkpoint (resumed from when it holds one; all must be at one step).
     `on_step(t)` is called once before step t.
     """
+    reuse_freed_memory()
     started = time.perf_counter()
     start = _check_batch(configs, checkpoints)
     first = configs[0]

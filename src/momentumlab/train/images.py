@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from momentumlab.config import ConfigError
 from momentumlab.data.corruption import corrupt_small_margin
 from momentumlab.data.images import ImageData, ImageSet, load_image_dataset
+from momentumlab.memory import reuse_freed_memory
 from momentumlab.models.conv import SmallCNN
 from momentumlab.models.resnet import ResNet18
 from momentumlab.models.wide_resnet import WideResNet16
@@ -230,6 +231,7 @@ def train_images(
     `on_step(t)` is called before optimizer step t (tests use it to interrupt a run). Rows are keyed by
     `epoch` and `step` (optimizer steps taken so far).
     """
+    reuse_freed_memory()
     started = time.perf_counter()
     spec = config.train
     device = torch.device(spec.device)

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from momentumlab.data.teacher import TeacherData, TeacherSet, make_teacher_data
+from momentumlab.memory import reuse_freed_memory
 from momentumlab.models.mlp import build_network
 from momentumlab.optim.momentum import build_optimizer
 from momentumlab.runs.record import RunRecord
@@ -132,6 +133,7 @@ def train_student(
 
     `on_step(e)` is called before epoch e (tests use it to interrupt a run at a chosen epoch).
     """
+    reuse_freed_memory()
     started = time.perf_counter()
     spec = config.train
     dtype, device = DTYPES[spec.dtype], torch.device(spec.device)

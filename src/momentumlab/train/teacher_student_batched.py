@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from momentumlab.config import content_hash, flatten
 from momentumlab.data.teacher import TeacherData
+from momentumlab.memory import reuse_freed_memory
 from momentumlab.models.stacked_students import StackedStudents
 from momentumlab.optim.momentum import OptimizerConfig, build_optimizer
 from momentumlab.optim.stacked_update import stacked_update, update_coefficients
@@ -247,6 +248,7 @@ def train_students_batched(
     `checkpoints[i]` is run i's checkpoint file (or None); all must resume from the same epoch.
     `on_step(e)` is called before epoch e. Each record's `seconds` is the whole batch's wall time.
     """
+    reuse_freed_memory()
     started = time.perf_counter()
     if not configs or len(configs) != len(checkpoints):
         raise ValueError(
