@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from momentumlab.models.masked_error import mask_error, top_error
+
 
 def _count(shapes: Mapping[str, torch.Size], prefix: str) -> int:
     """Layers named `prefix`0, `prefix`1, …"""
@@ -256,15 +258,10 @@ class StackedStudents:
             readout_gradient.reshape(runs, 1, channels * d),  # ∇a
             g.sum(dim=1, keepdim=True),  # ∇c
         ]
-        # δ_D = M_D ⊙ a ⊙ g (M_D taken in place: h_D is not needed any more), with k−1 zero columns around
+        # δ_D = M_D ⊙ a ⊙ g, with k−1 zero columns around
         spread = self._buffer("error", (runs, channels, length + k - 1), features)
         error = spread[..., k - 1 - left : k - 1 - left + length]
-        torch.mul(
-            inner[-1].sign_().view(runs, channels, n, span),
-            readout.unsqueeze(2),
-            out=error.view(runs, channels, n, span),
-        )
-        error.view(runs, channels, n, span).mul_(g.view(runs, 1, n, 1))
+        top_error(inner[-1], readout, g, error)
         for layer in range(self.depth - 1, 0, -1):
             source = hidden[layer - 1] if layer == 1 else F.pad(hidden[layer - 1], (left, k - 1 - left))
             weight_gradient = torch.stack(
@@ -276,7 +273,7 @@ class StackedStudents:
             torch.bmm(taps[0], spread[..., k - 1 : k - 1 + length], out=below)
             for t in range(1, k):
                 below.baddbmm_(taps[t], spread[..., k - 1 - t : k - 1 - t + length])
-            error = below.mul_(inner[layer - 1].sign_())  # δ_{l−1} = (Σ_t W_tᵀ δ_l(· − t + left)) ⊙ M_{l−1}
+            error = mask_error(below, inner[layer - 1])  # δ_{l−1} = (Σ_t W_tᵀ δ_l(· − t + left)) ⊙ M_{l−1}
             if layer > 1:
                 spread = F.pad(error, (k - 1 - left, left))
         gradients[0] = torch.bmm(error, features[..., left : left + length].transpose(1, 2))  # ∇[W_1, b_1]
