@@ -6,7 +6,10 @@ One full-batch step (N = 20000 examples, P = 5 patches, d = 30, m = 5 filters; f
 - run its two products:    FLOPs = 2·m·d·(N·P) for the projections ⟨w_r, X_i[j]⟩ and as many for the
                            gradient Σ_i Σ_j c_ij X_i[j] (60 MFLOP; the cubes and sums are O(m·N·P)).
 Both limits are measured in this run (machine_limits.py): memory bandwidth STREAM-like on arrays the
-size of the data, and the FLOP rate of a large square `mm` (1024³, the CPU's practical peak), which
+size of the data (the cache's rate where the data fits in the last-level cache, as the default's 12 MB
+does in 32 MB: the tightest bound, and the one this step's data sees between steps unless other jobs evict
+it) and on arrays of 4× the last-level cache (STREAM's rule: main memory's rate, the bound of a step whose
+data was evicted), and the FLOP rate of a large square `mm` (1024³, the CPU's practical peak), which
 bounds 60 MFLOP from below however the products are written; also the torch path's own products, recorded
 with their exact shapes and layouts and replayed alone. The objective runs on its default engine (the C
 kernel of `cubic_objective.c` on the CPU in float32) and on the torch path (`compiled=False`, at several
@@ -37,6 +40,7 @@ from machine_limits import (
     fraction_line,
     measure_bandwidth,
     measure_matmul,
+    measure_memory_bandwidth,
     record_products,
     replay,
     timed_steps,
@@ -123,8 +127,10 @@ def main() -> None:
         f"torch threads = {torch.get_num_threads()}, timed by {clock_name()}; default engine: {default.engine}"
     )
     bandwidth = measure_bandwidth(inputs.numel())
+    main_memory = measure_memory_bandwidth()
     data_bytes = FLOAT_BYTES * (inputs.numel() + PER_EXAMPLE_VECTORS * n)
     memory_bound = data_bytes / bandwidth.best
+    main_memory_bound = data_bytes / main_memory.best
     products = record_products(lambda: torch_path.loss_and_gradient(weight))
     flops = sum(p.flops for p in products)
     peak = measure_matmul([Product(1024, 1024, 1024)], repeats=args.repeats)
@@ -137,9 +143,12 @@ def main() -> None:
     )
     products_alone = times["products"]
     print(f"  {bandwidth.describe()}")
-    print(
-        f"  memory bound: {data_bytes / 1e6:.2f} MB ÷ {bandwidth.best / 1e9:.1f} GB/s = {1e3 * memory_bound:.3f} ms"
-    )
+    print(f"  {main_memory.describe()} (4x the last-level cache: main memory)")
+    for label, rate, bound in (
+        ("memory bound", bandwidth.best, memory_bound),
+        ("main-memory bound", main_memory.best, main_memory_bound),
+    ):
+        print(f"  {label}: {data_bytes / 1e6:.2f} MB ÷ {rate / 1e9:.1f} GB/s = {1e3 * bound:.3f} ms")
     print(
         f"  FLOP bound: {flops / 1e6:.1f} MFLOP ÷ {peak / 1e9:.1f} GFLOP/s (a 1024³ mm) = {1e3 * flop_bound:.3f} ms"
     )
@@ -159,6 +168,7 @@ def main() -> None:
         ("trainer step (median)", trainer_median),
     ):
         print(fraction_line(label, step, memory_bound, "bytes ÷ bandwidth"))
+        print(fraction_line(label, step, main_memory_bound, "bytes ÷ main-memory bandwidth"))
         print(fraction_line(label, step, flop_bound, "FLOPs ÷ peak mm rate"))
         print(fraction_line(label, step, max(memory_bound, flop_bound), "the larger of the two"))
     print(

@@ -10,7 +10,9 @@ shared machine (a ratio against a naive loop moves with the loop's speed):
     copy   b ← a            bytes = 8n  (4n read + 4n written; STREAM's convention: no write-allocate)
     triad  a ← b + q·c      bytes = 12n
   The bound of a step that must read B bytes is B ÷ (the best of the three rates): the least time any
-  pass over that many bytes took here.
+  pass over that many bytes took here. Data smaller than the last-level cache can stay there between
+  steps, so its rate is the cache's; the same passes on arrays of 4× the last-level cache (STREAM's rule)
+  measure main memory (:func:`measure_memory_bandwidth`), the rate of a step whose data other jobs evict.
 - matmul throughput: `torch.mm` / `torch.bmm` at the step's exact shapes (same layout, `out=` buffers),
   counting 2·M·K·N floating-point operations per (M×K)·(K×N) product. The bound of a step is its
   products' FLOPs ÷ that throughput: the time those products take alone, with nothing else in the step.
@@ -26,12 +28,14 @@ change of load between them cannot tilt the ratio.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -127,6 +131,23 @@ def measure_bandwidth(elements: int, repeats: int = 20) -> Bandwidth:
     return Bandwidth(
         elements, read=n / times["read"], copy=2 * n / times["copy"], triad=3 * n / times["triad"]
     )
+
+
+def last_level_cache_bytes(default: int = 2**26) -> int:
+    """Bytes of the CPU's largest cache, as Linux lists cpu0's caches; `default` where it lists none."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        with contextlib.suppress(OSError, ValueError):
+            text = (index / "size").read_text().strip()
+            sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+    return max(sizes, default=default)
+
+
+def measure_memory_bandwidth(repeats: int = 5) -> Bandwidth:
+    """Main memory's STREAM-like rates: on arrays of 4× the last-level cache each, STREAM's rule, so that
+    no pass finds its data in a cache."""
+    return measure_bandwidth(4 * last_level_cache_bytes() // FLOAT_BYTES, repeats)
 
 
 @dataclass(frozen=True)

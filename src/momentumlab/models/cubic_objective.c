@@ -39,7 +39,6 @@
 #endif
 #define COLUMNS (EXAMPLES * PATCHES)
 #define BLOCKS (COLUMNS / LANES)
-#define ROWS_AT_ONCE 3 /* gradient rows k accumulated in registers together: WIDTH × 3 vectors */
 #define TILES_PER_THREAD 64 /* fewer tiles than this per thread: not worth a thread's start */
 
 typedef float vec __attribute__((vector_size(4 * LANES)));
@@ -101,22 +100,15 @@ static void tile_pass(const data_vec *restrict x, const float *restrict labels, 
                 float v = values[r * COLUMNS + p * EXAMPLES + e];
                 values[r * COLUMNS + p * EXAMPLES + e] = coefficients[e] * v * v;
             }
-    for (long k0 = 0; k0 < DIM; k0 += ROWS_AT_ONCE) {
-        vec partial[WIDTH][ROWS_AT_ONCE];
-        for (long r = 0; r < WIDTH; r++)
-            for (long j = 0; j < ROWS_AT_ONCE; j++) partial[r][j] = (vec){0};
+    for (long k = 0; k < DIM; k++) { /* one gradient row k at a time: WIDTH sums over the blocks, in order */
+        vec partial[WIDTH];
+        for (long r = 0; r < WIDTH; r++) partial[r] = (vec){0};
         for (long block = 0; block < BLOCKS; block++) {
-            const data_vec *restrict rows = x + block * DIM + k0;
+            vec row = x[block * DIM + k];
 #pragma GCC unroll 16
-            for (long j = 0; j < ROWS_AT_ONCE; j++) {
-                if (k0 + j >= DIM) break;
-                vec row = rows[j];
-#pragma GCC unroll 16
-                for (long r = 0; r < WIDTH; r++) partial[r][j] += z[r][block] * row; /* c⟨w_r,X[j]⟩² X[j]_k */
-            }
+            for (long r = 0; r < WIDTH; r++) partial[r] += z[r][block] * row; /* c⟨w_r,X[j]⟩² X[j]_k */
         }
-        for (long r = 0; r < WIDTH; r++)
-            for (long j = 0; j < ROWS_AT_ONCE && k0 + j < DIM; j++) sums[r][k0 + j] += partial[r][j];
+        for (long r = 0; r < WIDTH; r++) sums[r][k] += partial[r];
     }
 }
 
