@@ -22,8 +22,7 @@ from momentumlab.native import load_kernel, openmp_usable
 def top_error(hidden: torch.Tensor, readout: torch.Tensor, g: torch.Tensor, error: torch.Tensor) -> None:
     """δ_D = M_D ⊙ a ⊙ g into `error` (R, C, n·span), from the last hidden map `hidden` (R, C, n·span),
     the read-out weights a (R, C, span) and g_i = ∂L/∂f_i (R, n)."""
-    runs, channels, n = *readout.shape[:2], g.shape[1]
-    span = readout.shape[2]
+    (runs, channels, span), n = readout.shape, g.shape[1]
     kernel = _kernel() if _rows_fit(hidden, error) and _contiguous(readout, g) else None
     if kernel is None:
         shape = (runs, channels, n, span)
@@ -63,6 +62,7 @@ def _rows_fit(*maps: torch.Tensor) -> bool:
 
 
 def _contiguous(*tensors: torch.Tensor) -> bool:
+    """Whether the kernel takes these as they are: float32, on the CPU, contiguous."""
     return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
 
 

@@ -9,7 +9,8 @@ autograd graph. An optimizer step is then one elementwise pass over (R, P) tenso
 (:mod:`momentumlab.optim.stacked_update`).
 
 Notation: g_i = ∂L/∂f_i = −y_i σ(−y_i f_i) / B; M = 1[h > 0], the ReLU's derivative, taken in place
-from the hidden features h once the forward pass no longer needs them.
+from the hidden features h once the forward pass no longer needs them (a CNN's, with the products it
+enters, by :mod:`momentumlab.models.masked_error`).
 
 - MLP: each hidden layer is stored as one block [W_lᵀ; b_l] (fan_in + 1, units). The first layer reads
   the inputs with a column of ones appended, [x, 1], so its weight and bias are one product and one
