@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -55,3 +56,14 @@ NEVER = 10**9  # a log or checkpoint interval beyond any run: rows only at the f
 def on_device(config: Any, device: str, **train: Any) -> Any:
     """`config` with `train.device` = `device` and the other `train` fields given."""
     return config.model_copy(update={"train": config.train.model_copy(update={"device": device, **train})})
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's thread count set to `threads` inside the block, and put back after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

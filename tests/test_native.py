@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import torch_threads
 
 from momentumlab import native
 from momentumlab.models.cubic_cnn import FullBatchCubicObjective
@@ -128,13 +129,9 @@ def test_a_process_forked_after_the_kernel_ran_on_openmp_threads_gets_the_same_b
     labels = torch.randint(0, 2, (3079,), generator=generator).float() * 2 - 1
     weight = torch.randn(3, 6, generator=generator) * 0.3
     objective = FullBatchCubicObjective(inputs, labels, width=3, l2=0.0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         expected = objective.loss_and_gradient(weight)[1].clone()  # OpenMP's workers start here
         torch.mm(torch.ones(256, 256), torch.ones(256, 256))  # and torch's own parallel op
-    finally:
-        torch.set_num_threads(before)
     context = multiprocessing.get_context("fork")
     results = context.Queue()
     child = context.Process(target=_objective_in_child, args=(objective, weight, results))

@@ -19,6 +19,8 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import torch
+
 FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-pthread"]
 # tried in turn: this CPU's instructions, and OpenMP (whose runtime, libgomp.so.1, resolves to the one
 # torch has loaded: the kernel's threads are torch's), where the compiler has them
@@ -87,3 +89,9 @@ def _compile(compiler: str, text: str, defines: list[str], library: Path) -> Non
                 os.replace(built, library)
                 return
         raise subprocess.CalledProcessError(result.returncode, command, result.stdout, result.stderr)
+
+
+def raw_float32(tensor: torch.Tensor) -> bool:
+    """Whether a kernel, which reads and writes raw float memory, can take `tensor` as it is: float32, on
+    the CPU, contiguous."""
+    return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and tensor.is_contiguous()

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import torch_threads
 
 from momentumlab.models import cubic_cnn
 from momentumlab.models.cubic_cnn import (
@@ -318,16 +319,12 @@ def test_compiled_objective_on_threads_equals_autograd(threads, monkeypatch):
     labels = torch.randint(0, 2, (3079,), generator=generator).to(torch.float64) * 2 - 1
     weight = torch.randn(3, 6, generator=generator, dtype=torch.float64) * 0.3
     objective = FullBatchCubicObjective(inputs.float(), labels.float(), width=3, l2=0.0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         loss, gradient = objective.loss_and_gradient(weight.float())
         gradient = gradient.clone()
         again = objective.loss_and_gradient(weight.float())[1].clone()
         monkeypatch.setattr(cubic_cnn, "openmp_usable", lambda: False)
         on_pthreads = objective.loss_and_gradient(weight.float())[1]
-    finally:
-        torch.set_num_threads(before)
     torch.testing.assert_close(on_pthreads, gradient, rtol=0, atol=0)
     ref_loss, ref_gradient = _autograd_reference(weight, inputs, labels, 0.0)
     torch.testing.assert_close(loss.double(), ref_loss, **TOLERANCES[torch.float32])
@@ -347,13 +344,10 @@ def test_compiled_objective_follows_torchs_thread_count_from_call_to_call():
     weight = torch.randn(3, 6, generator=generator, dtype=torch.float64) * 0.3
     objective = FullBatchCubicObjective(inputs.float(), labels.float(), width=3, l2=0.0)
     reference = _autograd_reference(weight, inputs, labels, 0.0)[1]
-    before, gradients = torch.get_num_threads(), []
-    try:
-        for threads in (2, 1, 3, 2):
-            torch.set_num_threads(threads)
+    gradients = []
+    for threads in (2, 1, 3, 2):
+        with torch_threads(threads):
             gradients.append(objective.loss_and_gradient(weight.float())[1].clone())
-    finally:
-        torch.set_num_threads(before)
     for gradient in gradients:
         torch.testing.assert_close(gradient.double(), reference, **TOLERANCES[torch.float32])
     torch.testing.assert_close(gradients[3], gradients[0], rtol=0, atol=0)
@@ -372,16 +366,12 @@ def test_one_kernel_pass_of_several_runs_equals_each_run_alone(threads, monkeypa
     objective = FullBatchCubicObjective(inputs.float(), labels.float(), width=3, l2=0.0)
     outputs, gradients = torch.empty(4, 3079), torch.empty(4, 3, 6)
     alone_outputs, alone_gradients = torch.empty(4, 3079), torch.empty(4, 3, 6)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for weight, output, gradient in zip(weights, alone_outputs, alone_gradients):
             objective.kernel_pass(weight.float(), output, gradient)
         assert objective.kernel_pass(weights.float(), outputs, gradients) is gradients
         monkeypatch.setattr(cubic_cnn, "openmp_usable", lambda: False)
         on_pthreads = objective.kernel_pass(weights.float(), torch.empty(4, 3079), torch.empty(4, 3, 6))
-    finally:
-        torch.set_num_threads(before)
     torch.testing.assert_close(gradients, alone_gradients, rtol=0, atol=0)
     torch.testing.assert_close(outputs, alone_outputs, rtol=0, atol=0)
     torch.testing.assert_close(on_pthreads, gradients, rtol=0, atol=0)

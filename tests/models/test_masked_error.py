@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import torch_threads
 
 from momentumlab import native
 from momentumlab.models import masked_error
@@ -57,23 +58,15 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _top_error(dtype: torch.dtype, threads: int = 1) -> torch.Tensor:
     hidden, readout, g, _ = _inputs(dtype)
     spread, error = _spread(dtype)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         top_error(hidden, readout, g, error)
-    finally:
-        torch.set_num_threads(previous)
     return spread
 
 
 def _mask_error(dtype: torch.dtype, threads: int = 1) -> torch.Tensor:
     hidden, _, _, error = _inputs(dtype)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return mask_error(error, hidden)
-    finally:
-        torch.set_num_threads(previous)
 
 
 @NEEDS_KERNEL

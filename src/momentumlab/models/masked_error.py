@@ -16,14 +16,14 @@ import ctypes
 
 import torch
 
-from momentumlab.native import load_kernel, openmp_usable
+from momentumlab.native import load_kernel, openmp_usable, raw_float32
 
 
 def top_error(hidden: torch.Tensor, readout: torch.Tensor, g: torch.Tensor, error: torch.Tensor) -> None:
     """δ_D = M_D ⊙ a ⊙ g into `error` (R, C, n·span), from the last hidden map `hidden` (R, C, n·span),
     the read-out weights a (R, C, span) and g_i = ∂L/∂f_i (R, n)."""
     (runs, channels, span), n = readout.shape, g.shape[1]
-    kernel = _kernel() if _rows_fit(hidden, error) and _contiguous(readout, g) else None
+    kernel = _kernel() if _rows_fit(hidden, error) and raw_float32(readout) and raw_float32(g) else None
     if kernel is None:
         shape = (runs, channels, n, span)
         torch.mul(hidden.sign_().view(shape), readout.unsqueeze(2), out=error.view(shape))  # M_D ⊙ a
@@ -59,11 +59,6 @@ def _rows_fit(*maps: torch.Tensor) -> bool:
         and m.stride(0) == m.shape[1] * m.stride(1)
         for m in maps
     )
-
-
-def _contiguous(*tensors: torch.Tensor) -> bool:
-    """Whether the kernel takes these as they are: float32, on the CPU, contiguous."""
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
 
 
 def _kernel() -> ctypes.CDLL | None:

@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-from momentumlab.native import load_kernel
+from momentumlab.native import load_kernel, raw_float32
 from momentumlab.optim.momentum import OptimizerConfig
 
 
@@ -47,7 +47,7 @@ def stacked_update(
     """One step of every run, in place: θ `parameters` and b `buffers` (R, P) from ∇ `gradient` (R, P;
     it may be overwritten), `coefficients` (R, 5) of rows (η, μ, a, c, e) and λ `weight_decay` (R,)."""
     tensors = (parameters, buffers, gradient, coefficients, weight_decay)
-    kernel = _kernel() if all(_kernel_can_take(tensor) for tensor in tensors) else None
+    kernel = _kernel() if all(raw_float32(tensor) for tensor in tensors) else None
     if kernel is not None:
         runs, size = parameters.shape
         kernel.stacked_update(runs, size, *(tensor.data_ptr() for tensor in tensors))
@@ -56,11 +56,6 @@ def stacked_update(
     gradient.addcmul_(parameters, weight_decay.unsqueeze(-1))  # ∇' = ∇ + λθ
     buffers.mul_(momentum).addcmul_(gradient, gradient_share)  # b ← μb + a∇'
     parameters.sub_((gradient * gradient_step + buffers * buffer_step) * lr)  # θ ← θ − η(c∇' + eb)
-
-
-def _kernel_can_take(tensor: torch.Tensor) -> bool:
-    """Whether the kernel, which reads and writes raw float memory on the CPU, can take `tensor`."""
-    return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and tensor.is_contiguous()
 
 
 @functools.cache
